@@ -1,0 +1,62 @@
+"""Deconver's building blocks (paper Sec. III-D/E, Fig. 2): the Deconv mixer, the MLP and the block."""
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from nnunetv2_deconver.ndc import NDC
+
+__all__ = ["DeconvMixer", "Mlp", "DeconverBlock"]
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_INSTANCE_NORM = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+
+
+class DeconvMixer(nn.Module):
+    """Eq. (6): 1x1 C -> C (no bias) -> ReLU -> NDC (C -> R*C) -> 1x1 R*C -> C (bias)."""
+
+    def __init__(self, channels: int, kernel_size: Sequence[int], ratio: int = 4, groups: int = None,
+                 eps: float = 1e-8, iterations: int = 1):
+        super().__init__()
+        conv = _CONV[len(kernel_size)]
+        self.project_in = conv(channels, channels, 1, bias=False)
+        self.act = nn.ReLU()
+        self.ndc = NDC(channels, kernel_size, ratio, groups, eps, iterations)
+        self.project_out = conv(ratio * channels, channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project_out(self.ndc(self.act(self.project_in(x))))  # (B, C, *S) -> (B, R*C, *S) -> (B, C, *S)
+
+
+class Mlp(nn.Module):
+    """Eq. (5): 1x1 C -> alpha*C, GELU, 1x1 alpha*C -> C (both with bias)."""
+
+    def __init__(self, channels: int, dim: int, mlp_ratio: int = 4):
+        super().__init__()
+        hidden = mlp_ratio * channels
+        self.fc1 = _CONV[dim](channels, hidden, 1)
+        self.act = nn.GELU()
+        self.fc2 = _CONV[dim](hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DeconverBlock(nn.Module):
+    """Eq. (4), pre-norm: ``z = x + mixer(norm(x)); y = z + mlp(norm(z))``.
+
+    Norm is InstanceNorm without affine parameters; no layer scale, no drop path.
+    """
+
+    def __init__(self, channels: int, kernel_size: Sequence[int], ratio: int = 4, groups: int = None,
+                 mlp_ratio: int = 4, eps: float = 1e-8, iterations: int = 1):
+        super().__init__()
+        dim = len(kernel_size)
+        self.norm1 = _INSTANCE_NORM[dim](channels, affine=False)
+        self.mixer = DeconvMixer(channels, kernel_size, ratio, groups, eps, iterations)
+        self.norm2 = _INSTANCE_NORM[dim](channels, affine=False)
+        self.mlp = Mlp(channels, dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x))
+        return x + self.mlp(self.norm2(x))

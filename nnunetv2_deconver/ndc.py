@@ -1,0 +1,111 @@
+"""Nonnegative deconvolution (NDC): the multiplicative update of the Deconver paper, eqs. (3) and (7).
+
+The math lives in :func:`nonnegative_deconvolution`; :class:`NDC` is the learnable layer that holds the
+initial-source projection and the filter.
+"""
+import math
+from contextlib import nullcontext
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["nonnegative_deconvolution", "NDC"]
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def _check_shapes(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int) -> Tuple[int, ...]:
+    """Validate the three operands; return the filter's kernel size. Raises ValueError naming the sizes."""
+    if x.dim() not in (3, 4, 5):
+        raise ValueError(f"x must be (B, C, *spatial) with 1, 2 or 3 spatial dims, got shape {tuple(x.shape)}")
+    if source.dim() != x.dim() or filters.dim() != x.dim():
+        raise ValueError(f"x, source and filters must have the same number of dims, got shapes {tuple(x.shape)}, "
+                         f"{tuple(source.shape)} and {tuple(filters.shape)}")
+    b, c, *spatial = x.shape
+    sb, e, *source_spatial = source.shape
+    if sb != b or source_spatial != spatial:
+        raise ValueError(f"source {tuple(source.shape)} must match x {tuple(x.shape)} in batch and spatial size")
+    if groups < 1 or c % groups or e % groups:
+        raise ValueError(f"groups={groups} must divide both the observed channels C={c} and the source channels E={e}")
+    kernel = tuple(filters.shape[2:])
+    if tuple(filters.shape[:2]) != (c, e // groups):
+        raise ValueError(f"filters must have shape (C, E // groups, *kernel) = ({c}, {e // groups}, ...), "
+                         f"got {tuple(filters.shape)}")
+    if any(k % 2 == 0 for k in kernel):
+        raise ValueError(f"the NDC filter needs an odd kernel size on every axis, got {kernel}")
+    return kernel
+
+
+def nonnegative_deconvolution(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int,
+                              eps: float = 1e-8, iterations: int = 1) -> torch.Tensor:
+    """Refine a nonnegative source by the multiplicative NDC update (paper eq. 7, iterated as eq. 3).
+
+    ``S_{t+1} = S_t * (A(x) + eps) / (A(K(S_t)) + eps)`` where ``K(S) = S * V`` is the grouped
+    cross-correlation of eq. (1) (E -> C channels, zero padding ``k // 2``) and ``A`` its adjoint
+    (C -> E, the transposed and flipped filter ``V^-``).
+
+    Args:
+        x: observed map ``(B, C, *spatial)``, nonnegative; 1, 2 or 3 spatial dims.
+        source: initial source ``S0``, ``(B, E, *spatial)``, nonnegative, ``E`` divisible by ``groups``.
+        filters: ``V``, ``(C, E // groups, *kernel)``, nonnegative, odd kernel size on every axis.
+        groups: number of independent channel groups ``G``.
+        eps: added to numerator and denominator.
+        iterations: number of updates.
+
+    Returns:
+        ``S^(iterations)``, ``(B, E, *spatial)``, float32 under autocast, else the inputs' dtype.
+    """
+    kernel = _check_shapes(x, source, filters, groups)
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    padding = tuple(k // 2 for k in kernel)
+    conv, conv_t = _CONV[len(kernel)], _CONV_T[len(kernel)]
+    # fp16 cannot hold eps and overflows in the ratio: the update always runs in (at least) fp32.
+    device = x.device.type
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+        dtype = torch.promote_types(torch.promote_types(x.dtype, source.dtype), torch.float32)
+        x, source, filters = x.to(dtype), source.to(dtype), filters.to(dtype)
+        numerator = conv_t(x, filters, padding=padding, groups=groups) + eps
+        for _ in range(iterations):
+            reconstruction = conv(source, filters, padding=padding, groups=groups)  # K(S): E -> C
+            source = source * numerator / (conv_t(reconstruction, filters, padding=padding, groups=groups) + eps)
+    return source
+
+
+class NDC(nn.Module):
+    """Learnable NDC layer: ``S0 = relu(pointwise(x))`` (C -> R*C, with bias), then the update.
+
+    The filter ``(C, R*C // G, *kernel)`` is initialised Kaiming-uniform like a conv weight and made
+    nonnegative by ReLU at every forward. Input ``(B, C, *spatial)``, output ``(B, R*C, *spatial)``.
+    """
+
+    def __init__(self, channels: int, kernel_size: Sequence[int], ratio: int = 4, groups: int = None,
+                 eps: float = 1e-8, iterations: int = 1):
+        super().__init__()
+        kernel_size = tuple(kernel_size)
+        groups = channels if groups is None else groups
+        source_channels = ratio * channels
+        if len(kernel_size) not in (1, 2, 3) or any(k < 1 or k % 2 == 0 for k in kernel_size):
+            raise ValueError(f"NDC supports odd kernel sizes in 1-3 dims only, got {kernel_size}")
+        if groups < 1 or channels % groups:
+            raise ValueError(f"NDC groups={groups} must divide the channel count {channels}")
+        conv_op = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(kernel_size)]
+        self.groups, self.eps, self.iterations = groups, eps, iterations
+        self.project = conv_op(channels, source_channels, 1, bias=True)
+        self.filters = nn.Parameter(torch.empty(channels, source_channels // groups, *kernel_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The init torch uses for conv weights; the paper's "Kaiming uniform".
+        nn.init.kaiming_uniform_(self.filters, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        source = F.relu(self.project(x))
+        return nonnegative_deconvolution(x, source, F.relu(self.filters), self.groups, self.eps, self.iterations)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={tuple(self.filters.shape[2:])}, groups={self.groups}, eps={self.eps}, " \
+               f"iterations={self.iterations}"
