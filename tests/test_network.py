@@ -58,7 +58,7 @@ def test_strides_and_kernels_are_honoured_per_axis():
 
 def test_patch_not_divisible_by_strides_is_a_clear_error():
     net = Deconver(input_channels=1, num_classes=2, **ANISOTROPIC)
-    with pytest.raises(ValueError, match=r"not divisible by the product of the strides \(8, 16, 16\)"):
+    with pytest.raises(ValueError, match=r"not divisible by the product of the strides \(4, 16, 16\)"):
         net(torch.rand(1, 1, 8, 40, 32))
 
 
