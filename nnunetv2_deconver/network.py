@@ -1,18 +1,20 @@
 """The Deconver U-Net (paper Sec. III-C, Fig. 1), constructed from the topology of an nnU-Net plan."""
 import pydoc
-from typing import List, Sequence, Tuple, Type, Union
+from typing import List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import torch
 from torch import nn
 
 from nnunetv2_deconver.blocks import DeconverBlock
+from nnunetv2_deconver.dtc import DeformableTransposedConv
 
 __all__ = ["Deconver", "DeconverEncoder", "DeconverDecoder"]
 
 IntOrSeq = Union[int, Sequence[int]]
 
 _TRANSPOSED = {nn.Conv2d: nn.ConvTranspose2d, nn.Conv3d: nn.ConvTranspose3d}
+_UPSAMPLE = ("transposed", "dtc")
 
 
 def _per_axis(value: IntOrSeq, dim: int, name: str) -> Tuple[int, ...]:
@@ -68,12 +70,15 @@ class DeconverDecoder(nn.Module):
 
     With ``deep_supervision`` the forward returns one logit map per decoder stage, highest
     resolution first (nnU-Net's convention); otherwise only the full-resolution map.
+    With ``upsample="dtc"`` each transposed conv is the base of a :class:`DeformableTransposedConv`
+    (keys ``transpconvs.{d}.base.*``, ``.features.*``, ``.coordinates.*``).
     """
 
     def __init__(self, features_per_stage: Sequence[int], conv_op: Type[nn.Module],
                  kernel_sizes: Sequence[Tuple[int, ...]], strides: Sequence[Tuple[int, ...]],
                  n_blocks_per_stage_decoder: Sequence[int], num_classes: int, deep_supervision: bool,
-                 groups: Sequence, block_kwargs: dict):
+                 groups: Sequence, block_kwargs: dict, upsample: str = "transposed",
+                 dtc_receptive_field: Optional[float] = 2.0):
         super().__init__()
         self.deep_supervision = deep_supervision
         transposed = _TRANSPOSED[conv_op]
@@ -81,7 +86,9 @@ class DeconverDecoder(nn.Module):
         # decoder stage d produces the resolution of encoder stage s = n_stages - 2 - d
         for d, s in enumerate(reversed(range(len(features_per_stage) - 1))):
             c_skip = features_per_stage[s]
-            up.append(transposed(features_per_stage[s + 1], c_skip, strides[s + 1], stride=strides[s + 1], bias=True))
+            conv = transposed(features_per_stage[s + 1], c_skip, strides[s + 1], stride=strides[s + 1], bias=True)
+            up.append(conv if upsample == "transposed" else
+                      DeformableTransposedConv.wrap(conv, receptive_field=dtc_receptive_field))
             fuse.append(conv_op(2 * c_skip, c_skip, 1, bias=False))
             stages.append(nn.Sequential(*_stage(n_blocks_per_stage_decoder[d], c_skip, kernel_sizes[s], groups[s],
                                                 block_kwargs)))
@@ -120,14 +127,19 @@ class Deconver(nn.Module):
         mlp_ratio: MLP expansion alpha. n_blocks_per_stage(_decoder): Deconver blocks per stage.
         ndc_eps, ndc_iterations: the update's epsilon and iteration count.
         stem_kernel_size: the stem conv's kernel (None: ``kernel_sizes[0]``).
+        upsample: ``"transposed"`` (the paper's transposed convs) or ``"dtc"`` (each wrapped as the base
+            of a deformable transposed convolution, see :mod:`nnunetv2_deconver.dtc`).
+        dtc_receptive_field: DTC's receptive field in input pixels per axis (None: unrestricted).
     """
 
     def __init__(self, input_channels: int, n_stages: int, features_per_stage: IntOrSeq, conv_op,
                  kernel_sizes, strides, num_classes: int, deep_supervision: bool = False,
                  ndc_ratio: int = 4, ndc_groups: int = None, mlp_ratio: int = 4,
                  n_blocks_per_stage: IntOrSeq = 1, n_blocks_per_stage_decoder: IntOrSeq = 1,
-                 ndc_eps: float = 1e-8, ndc_iterations: int = 1, stem_kernel_size: IntOrSeq = None):
+                 ndc_eps: float = 1e-8, ndc_iterations: int = 1, stem_kernel_size: IntOrSeq = None,
+                 upsample: str = "transposed", dtc_receptive_field: Optional[float] = 2.0):
         super().__init__()
+        assert upsample in _UPSAMPLE, f"upsample must be one of {_UPSAMPLE}, got {upsample!r}"
         if isinstance(conv_op, str):
             conv_op = pydoc.locate(conv_op)
         assert conv_op in _TRANSPOSED, f"conv_op must be torch.nn.Conv2d or torch.nn.Conv3d, got {conv_op}"
@@ -153,11 +165,13 @@ class Deconver(nn.Module):
         self.n_blocks_per_stage_decoder = _per_stage(n_blocks_per_stage_decoder, n_stages - 1,
                                                      "n_blocks_per_stage_decoder")
         self.stem_kernel_size = stem_kernel_size
+        self.upsample = upsample
         common = dict(ratio=ndc_ratio, mlp_ratio=mlp_ratio, eps=ndc_eps, iterations=ndc_iterations)
         self.encoder = DeconverEncoder(input_channels, features_per_stage, conv_op, kernel_sizes, strides,
                                        self.n_blocks_per_stage, stem_kernel_size, groups, common)
         self.decoder = DeconverDecoder(features_per_stage, conv_op, kernel_sizes, strides,
-                                       self.n_blocks_per_stage_decoder, num_classes, deep_supervision, groups, common)
+                                       self.n_blocks_per_stage_decoder, num_classes, deep_supervision, groups, common,
+                                       upsample, dtc_receptive_field)
 
     @property
     def divisor(self) -> Tuple[int, ...]:
@@ -177,7 +191,8 @@ class Deconver(nn.Module):
         nnU-Net's planner uses this as a VRAM proxy. Per Deconver block of width C at a resolution
         of V voxels: norm C, projection C, source R*C, NDC output R*C, projection C, norm C, MLP
         hidden alpha*C, MLP output C, so (5 + 2R + alpha) * C * V; plus the stride convs, fusions
-        and heads.
+        and heads; with DTC, per up-sampling its feature branch (C at the coarse size), coordinates
+        (2 * dim at the fine size) and sampled features (C at the fine size).
         """
         size = np.array(input_size, dtype=np.int64)
         per_block = 5 + 2 * self.ndc_ratio + self.mlp_ratio
@@ -190,6 +205,8 @@ class Deconver(nn.Module):
         for d, s in enumerate(reversed(range(len(self.features_per_stage) - 1))):
             c = self.features_per_stage[s]
             total += sizes[s] * (2 * c + per_block * c * self.n_blocks_per_stage_decoder[d] + n_classes)
+            if self.upsample == "dtc":
+                total += c * sizes[s + 1] + (2 * len(size) + c) * sizes[s]
         return int(total)
 
     @staticmethod
