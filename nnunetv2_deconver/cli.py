@@ -4,6 +4,7 @@ import sys
 
 import torch
 
+from nnunetv2_deconver import dtc_display
 from nnunetv2_deconver.presets import PAPER_FIGURES, PAPER_PRESETS, paper_network
 from nnunetv2_deconver.profiling import measure_cost
 
@@ -36,12 +37,21 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _env(args: argparse.Namespace) -> int:
+    from nnunetv2_deconver.discovery import export_lines
+    print("\n".join(export_lines()))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="nnunetv2_deconver", description="Deconver for nnU-Net v2")
     sub = parser.add_subparsers(dest="command", required=True)
     profile = sub.add_parser("profile", help="parameters and FLOPs/voxel of the paper's networks vs the paper")
     profile.add_argument("--preset", choices=sorted(PAPER_PRESETS), help="only this preset")
     profile.set_defaults(func=_profile)
+    sub.add_parser("env", help="print the export lines that let nnUNetv2_train/predict find the Deconver trainers"
+                   ).set_defaults(func=_env)
+    dtc_display.add_subcommand(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

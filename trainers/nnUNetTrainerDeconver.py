@@ -1,0 +1,69 @@
+"""Deconver in nnU-Net's training pipeline, with the paper's optimiser and schedule."""
+from typing import Optional
+
+import torch
+from torch import nn
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnunetv2_deconver.network import Deconver
+from nnunetv2_deconver.plans import (check_patch_divisible, deconver_kwargs_from_configuration, plans_file_of,
+                                     replace_kernel)
+from nnunetv2_deconver.schedule import WarmupCosineLRScheduler
+
+
+class nnUNetTrainerDeconver(nnUNetTrainer):
+    """nnU-Net's trainer with Deconver as the network.
+
+    With a U-Net plan (e.g. the stock ``nnUNetPlans``) Deconver takes that plan's stages, widths,
+    kernel sizes and strides at the plan's patch and batch size; with a plan whose
+    ``network_class_name`` is Deconver (``nnUNetDeconverPlans``) it takes that plan's arguments.
+    Optimiser: AdamW, lr 1e-4, weight decay 1e-5, cosine annealing after a 1% linear warm-up
+    (paper Sec. IV-A3).
+
+    Subclasses change the network through the class attributes or ``network_kwargs``; both are
+    class-level because inference builds the network from the class without an instance.
+    """
+    network_class = Deconver
+    # None: the plan's kernel sizes; an int replaces every NDC kernel axis > 1 (the stem keeps the plan's)
+    ndc_kernel_size: Optional[int] = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # a plan Deconver cannot take fails here, before the base class creates output folders
+        plans_manager = PlansManager(plans)
+        self.network_kwargs(plans_manager, plans_manager.get_configuration(configuration), configuration)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 1e-4
+        self.weight_decay = 1e-5
+        self.warmup_fraction = 0.01
+
+    @classmethod
+    def network_kwargs(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                       configuration_name: Optional[str] = None) -> dict:
+        """Deconver's arguments for this plan (no channels, classes or deep supervision); checked."""
+        plans_file = plans_file_of(plans_manager)
+        name = configuration_name or configuration_manager.data_identifier
+        kwargs = deconver_kwargs_from_configuration(configuration_manager.configuration["architecture"], name,
+                                                    plans_file)
+        if cls.ndc_kernel_size is not None:
+            kwargs.setdefault("stem_kernel_size", kwargs["kernel_sizes"][0])
+            kwargs["kernel_sizes"] = replace_kernel(kwargs["kernel_sizes"], cls.ndc_kernel_size)
+        check_patch_divisible(configuration_manager.patch_size, kwargs["strides"], name, plans_file)
+        return kwargs
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        # a classmethod rather than nnU-Net's staticmethod so that subclasses reach their own hooks;
+        # nnU-Net calls it the same way on the class (inference) and on the instance (training)
+        return cls.network_class(input_channels=num_input_channels, num_classes=num_output_channels,
+                                 deep_supervision=enable_deep_supervision,
+                                 **cls.network_kwargs(plans_manager, configuration_manager))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        lr_scheduler = WarmupCosineLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.warmup_fraction)
+        return optimizer, lr_scheduler
