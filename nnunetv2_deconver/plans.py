@@ -47,6 +47,15 @@ def deconver_kwargs_from_configuration(architecture: dict, configuration_name: s
     class_name = architecture.get("network_class_name", "")
     arch_kwargs = dict(architecture.get("arch_kwargs", {}))
     if _is_deconver(class_name):
+        import inspect
+        from nnunetv2_deconver.network import Deconver
+        accepted = set(inspect.signature(Deconver).parameters) - {"input_channels", "num_classes", "deep_supervision"}
+        unknown = sorted(set(arch_kwargs) - accepted)
+        missing = [k for k in _TOPOLOGY_KEYS if k not in arch_kwargs]
+        if unknown or missing:
+            raise PlanError(f"{plans_file}: configuration '{configuration_name}' names Deconver but its arch_kwargs "
+                            f"have unknown keys {unknown} and lack {missing}. Regenerate the file with "
+                            f"nnUNetv2_deconver_plan.")
         return arch_kwargs
     missing = [k for k in _TOPOLOGY_KEYS if k not in arch_kwargs]
     if missing:
