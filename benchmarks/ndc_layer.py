@@ -1,0 +1,121 @@
+"""One NDC layer: the naive composition against the project's default path.
+
+For each stage geometry of the BraTS'23 preset (widths 32..512, R = 4, G = C, k = 3, batch 1, the
+spatial size halving per stage) it reports the forward and forward+backward time (median over
+interleaved runs, so that both paths see the same machine load), the activation bytes autograd saves
+for backward, the peak memory of forward+backward, and the forward's distance from the bandwidth
+roofline (the bytes a forward must move, read x and S0 and write the output, at the bandwidth a
+``clone()`` of the output's size achieves on the same device).
+
+    python benchmarks/ndc_layer.py            # CPU: 64^3 at the first stage; GPU: 128^3
+    python benchmarks/ndc_layer.py --quick    # a small smoke run, under a minute
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _common import PeakMemory, machine_description, median, mib, saved_tensor_bytes, timed  # noqa: E402
+from nnunetv2_deconver.ndc import nonnegative_deconvolution, select_implementation  # noqa: E402
+from nnunetv2_deconver.presets import PAPER_PRESETS, paper_widths  # noqa: E402
+
+
+def brats_geometries(first_size: int):
+    preset = PAPER_PRESETS["brats23"]
+    widths = paper_widths(preset.base_channels, preset.n_stages)
+    return [(c, max(first_size // 2 ** level, 2)) for level, c in enumerate(widths)]
+
+
+def operands(channels: int, size: int, ratio: int, device: torch.device, dim: int = 3):
+    generator = torch.Generator().manual_seed(0)
+    spatial = (size,) * dim
+    x = torch.rand(1, channels, *spatial, generator=generator).to(device).requires_grad_()
+    source = torch.rand(1, ratio * channels, *spatial, generator=generator).to(device).requires_grad_()
+    filters = torch.rand(channels, ratio, *(3,) * dim, generator=generator).to(device).requires_grad_()
+    grad = torch.rand(1, ratio * channels, *spatial, generator=generator).to(device)
+    return x, source, filters, grad
+
+
+def measure(channels, size, ratio, device, implementations, repeats, naive_repeats, compile_fast):
+    x, source, filters, grad = operands(channels, size, ratio, device)
+    groups = channels
+    calls = {name: (lambda name=name: nonnegative_deconvolution(x, source, filters, groups, implementation=name))
+             for name in implementations}
+    if compile_fast:
+        fast = implementations[-1]
+        compiled = torch.compile(lambda: nonnegative_deconvolution(x, source, filters, groups, implementation=fast))
+        calls[f"{fast}+compile"] = compiled
+
+    def forward_backward(call):
+        for tensor in (x, source, filters):
+            tensor.grad = None
+        call().backward(grad)
+
+    for call in calls.values():  # warm-up (and compilation)
+        forward_backward(call)
+    times = {name: {"fwd": [], "fwd+bwd": []} for name in calls}
+    for run in range(repeats):
+        for name, call in calls.items():
+            if name == "naive" and run >= naive_repeats:
+                continue
+            times[name]["fwd"].append(timed(call, device))
+            times[name]["fwd+bwd"].append(timed(lambda: forward_backward(call), device))
+    rows = {}
+    for name, call in calls.items():
+        saved = saved_tensor_bytes(call, exclude=(filters,))
+        with PeakMemory(device) as peak:
+            forward_backward(call)
+        rows[name] = dict(fwd=median(times[name]["fwd"]), fwd_bwd=median(times[name]["fwd+bwd"]),
+                          runs=len(times[name]["fwd"]), saved=saved, peak=peak.bytes)
+    out = torch.empty_like(source)
+    copy_time = median([timed(lambda: out.copy_(source), device) for _ in range(max(repeats, 5))])
+    bandwidth = 2 * source.numel() * source.element_size() / copy_time
+    roofline = (x.numel() + 2 * source.numel()) * source.element_size() / bandwidth
+    return rows, roofline, bandwidth
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="16^3 first stage, 5 runs: a smoke test")
+    parser.add_argument("--size", type=int, help="spatial size of the first stage (default 64 on CPU, 128 on GPU)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--naive-repeats", type=int, help="runs of the naive path (default: --repeats)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--all-paths", action="store_true", help="also time every non-default path")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    size = 16 if args.quick else args.size or (128 if device.type == "cuda" else 64)
+    naive_repeats = min(args.naive_repeats or args.repeats, args.repeats)
+    probe = torch.empty(1, 1, 1, 1, 1, device=device)
+    default = select_implementation(probe)
+    implementations = ["naive"]
+    if args.all_paths:
+        implementations += [name for name in ("recompute", "channels_last") if name != default]
+    implementations.append(default)
+
+    print(f"# NDC layer, R = 4, G = C, k = 3, batch 1, fp32, {device.type}")
+    print(f"# {machine_description(device)}")
+    print(f"# runs per path: {args.repeats} (naive: {naive_repeats}), medians; interleaved")
+    print("| C | size | path | fwd s | fwd+bwd s | speed-up fwd+bwd | saved for bwd MiB | saved vs naive "
+          "| peak MiB | fwd / roofline |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for channels, stage_size in brats_geometries(size):
+        rows, roofline, bandwidth = measure(channels, stage_size, 4, device, implementations, args.repeats,
+                                            naive_repeats, compile_fast=device.type == "cuda")
+        naive = rows["naive"]
+        for name, row in rows.items():
+            print(f"| {channels} | {stage_size}^3 | {name} | {row['fwd']:.4f} | {row['fwd_bwd']:.4f} "
+                  f"| {naive['fwd_bwd'] / row['fwd_bwd']:.1f}x | {mib(row['saved'])} "
+                  f"| {row['saved'] / naive['saved']:.2f} | {mib(row['peak'])} | {row['fwd'] / roofline:.1f}x |",
+                  flush=True)
+        print(f"<!-- {channels} @ {stage_size}^3: clone bandwidth {bandwidth / 1e9:.1f} GB/s, "
+              f"forward roofline {roofline * 1e3:.2f} ms -->", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
