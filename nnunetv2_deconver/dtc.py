@@ -47,6 +47,7 @@ Conventions (the paper leaves them open; these are ours, and the tests check the
 * **Precision.** Positions are computed and sampled in fp32 even under autocast: in bf16 a coordinate
   near 1 is only resolved to ``2**-8``, half a pixel of a 256-wide map.
 """
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -62,7 +63,7 @@ _LINEAR = {2: "bilinear", 3: "trilinear"}
 
 
 def _check_receptive_field(receptive_field: Optional[float]) -> None:
-    if receptive_field is not None and not (np.isfinite(receptive_field) and receptive_field > 0):
+    if receptive_field is not None and not (math.isfinite(receptive_field) and receptive_field > 0):
         raise ValueError(f"receptive_field must be a positive number of input pixels, or None for unrestricted; "
                          f"got {receptive_field}")
 
