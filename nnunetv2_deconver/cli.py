@@ -52,6 +52,11 @@ def main(argv=None) -> int:
     sub.add_parser("env", help="print the export lines that let nnUNetv2_train/predict find the Deconver trainers"
                    ).set_defaults(func=_env)
     dtc_display.add_subcommand(sub)
+    from nnunetv2_deconver import demo
+    demo_parser = sub.add_parser("demo", help="stock nnU-Net vs Deconver on a synthetic dataset: plan, train, "
+                                              "predict, compare; prints a table and writes a report")
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(func=demo.main_from_args)
     args = parser.parse_args(argv)
     return args.func(args)
 
