@@ -140,7 +140,7 @@ def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, it
     if not state.get("preprocessed"):
         clock.say("2/5 nnUNetv2_plan_and_preprocess ...")
         _run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "1",
-              "--verify_dataset_integrity"], env, os.path.join(logs, "plan_and_preprocess.log"), clock)
+              "-npfp", "1", "--verify_dataset_integrity"], env, os.path.join(logs, "plan_and_preprocess.log"), clock)
         state["preprocessed"] = True
         _save(state, state_path)
     else:
