@@ -53,7 +53,8 @@ def dice_vs_flops(path: str, runs, foreground_dice: Dict[str, float]) -> str:
     ax.set_ylabel("mean foreground Dice")
     ax.set_xscale("log")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.margins(0.3)  # room for the labels next to the markers
+    ax.legend(fontsize=7, loc="best", markerscale=0.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -93,7 +94,7 @@ def worst_case(path: str, case: str, reader, reference_file: str, image_file: Op
         ax.axis("off")
     where = f"slice {slice_index}" if slice_index is not None else "2D"
     fig.suptitle(f"worst case {case}, {where} (red: disagreement with the reference)", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
