@@ -175,7 +175,10 @@ def test_plans_override_then_train(nnunet_env):
                                                                              for l in range(n_stages)]
     assert deconver["data_identifier"] == stock["data_identifier"]  # the preprocessed data is reused
     _train(nnunet_env, ISO, "3d_fullres", 0, "-p", "nnUNetDeconverPlans")
-    _check_trained(nnunet_env, ISO, "3d_fullres", plans="nnUNetDeconverPlans")
+    folder = _check_trained(nnunet_env, ISO, "3d_fullres", plans="nnUNetDeconverPlans")
+    weights = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
+                         weights_only=False)["network_weights"]
+    assert weights["encoder.stages.0.0.weight"].shape[0] == 8  # the stem writes C0 = 8 channels, not the stock 32
 
 
 def test_bad_inputs_fail_with_one_clear_message(nnunet_env, monkeypatch, capsys):

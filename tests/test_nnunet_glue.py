@@ -128,3 +128,38 @@ def test_env_points_at_site_packages_after_a_regular_install(tmp_path):
     expected = os.path.join(str(target), "nnunetv2_deconver", "trainers")
     assert out.splitlines()[0] == f"export nnUNet_extTrainer={expected}"
     assert os.path.isfile(os.path.join(expected, "nnUNetTrainerDeconver.py"))
+
+
+def _manager(kernel_sizes, strides, patch, class_name="dynamic_network_architectures.architectures.unet.PlainConvUNet",
+             extra=None):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    arch = {"n_stages": len(strides), "features_per_stage": [4 * 2 ** i for i in range(len(strides))],
+            "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": kernel_sizes, "strides": strides}
+    arch.update(extra or {})
+    plans = {"dataset_name": "Dataset998_X", "plans_name": "nnUNetPlans", "configurations": {"3d_fullres": {
+        "data_identifier": "x", "patch_size": patch, "batch_size": 2,
+        "architecture": {"network_class_name": class_name, "arch_kwargs": arch, "_kw_requires_import": ["conv_op"]}}}}
+    manager = PlansManager(plans)
+    return manager, manager.get_configuration("3d_fullres")
+
+
+def test_trainers_build_from_the_plan_topology():
+    from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconver
+    from nnunetv2_deconver.trainers.nnUNetTrainerDeconver_k5 import nnUNetTrainerDeconver_k5
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    manager, configuration = _manager([[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides, [4, 8, 8])
+    network = nnUNetTrainerDeconver.build_network_architecture(manager, configuration, 2, 3, True)
+    assert network.features_per_stage == [4, 8, 16] and network.kernel_sizes == [(1, 3, 3), (3, 3, 3), (3, 3, 3)]
+    outputs = network(torch.zeros(1, 2, 4, 8, 8))
+    # one output per decoder stage, at 1 / cumprod(strides) (nnU-Net's deep-supervision scales)
+    assert [tuple(o.shape) for o in outputs] == [(1, 3, 4, 8, 8), (1, 3, 4, 4, 4)]
+    k5 = nnUNetTrainerDeconver_k5.build_network_architecture(manager, configuration, 2, 3, False)
+    assert k5.kernel_sizes == [(1, 5, 5), (5, 5, 5), (5, 5, 5)] and k5.stem_kernel_size == (1, 3, 3)
+    assert tuple(k5(torch.zeros(1, 2, 4, 8, 8)).shape) == (1, 3, 4, 8, 8)
+    bad_manager, bad_configuration = _manager([[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides, [4, 8, 6])
+    with pytest.raises(PlanError, match=r"Dataset998_X.nnUNetPlans.json.*\[4, 8, 6\]"):
+        nnUNetTrainerDeconver.build_network_architecture(bad_manager, bad_configuration, 2, 3, True)
+    # a plan naming Deconver: its own arguments (here R = 2) are used as they are
+    manager, configuration = _manager([[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], [8, 8, 8],
+                                      "nnunetv2_deconver.network.Deconver", {"ndc_ratio": 2})
+    assert nnUNetTrainerDeconver.build_network_architecture(manager, configuration, 1, 2, True).ndc_ratio == 2
