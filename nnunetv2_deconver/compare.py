@@ -96,15 +96,15 @@ def _label_keys(dataset_json: dict) -> Tuple[List[LabelOrRegion], Dict[LabelOrRe
     """Foreground labels (or regions) of a dataset.json, their names, and the ignore label."""
     from nnunetv2.utilities.label_handling.label_handling import LabelManager
     manager = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
-    keys = list(manager.foreground_regions) if manager.has_regions else list(manager.foreground_labels)
-    names = {}
-    for name, value in dataset_json["labels"].items():
-        key = tuple(value) if isinstance(value, (list, tuple)) and len(value) > 1 else \
-            (value[0] if isinstance(value, (list, tuple)) else value)
-        if manager.has_regions and not isinstance(key, tuple):
-            key = (key,)
-        names[key] = name
-    keys = [tuple(k) if isinstance(k, list) else k for k in keys]
+
+    def key_of(value):
+        # regions are tuples of labels (a one-label region too), plain labels are ints
+        if manager.has_regions:
+            return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
+        return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+
+    keys = [key_of(k) for k in (manager.foreground_regions if manager.has_regions else manager.foreground_labels)]
+    names = {key_of(value): name for name, value in dataset_json["labels"].items()}
     return keys, {k: names.get(k, str(k)) for k in keys}, manager.ignore_label
 
 

@@ -201,6 +201,22 @@ def test_label_sets_differ(results, capsys):
     assert "label sets differ" in capsys.readouterr().err
 
 
+def test_region_based_dataset(results, capsys):
+    """Regions as in nnU-Net's region-based datasets: each is scored as the union of its labels."""
+    for trainer in TRAINERS:
+        path = results / "res" / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "dataset.json"
+        dataset_json = json.loads(path.read_text())
+        dataset_json.update(labels={"background": 0, "both": [1, 2], "dot": 2}, regions_class_order=[1, 2])
+        path.write_text(json.dumps(dataset_json))
+    report = results / "report"
+    assert main(["-d", "901", "-o", str(report), "--no-timing"]) == 0
+    by = {(r["run"], r["case"], r["class"]): r for r in _rows(report)}
+    assert {r["class"] for r in by.values()} == {"both", "dot"}
+    # the region holds the 64-voxel cube and the dot; the shifted cube keeps 48 of 64, the dot is kept
+    assert float(by[(TRAINERS[1], "case_001", "both")]["dice"]) == pytest.approx(2 * 49 / 130, abs=1e-5)
+    assert by[(TRAINERS[1], "case_001", "both")]["label_or_region"] == "(1, 2)"
+
+
 def test_predictions_folders_mode_and_console_script(results):
     """-i with a labels folder, through the installed console script (one line per problem, no traceback)."""
     base = results / "res" / DATASET
