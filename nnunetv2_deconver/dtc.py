@@ -48,6 +48,7 @@ Conventions (the paper leaves them open; these are ours, and the tests check the
   near 1 is only resolved to ``2**-8``, half a pixel of a 256-wide map.
 """
 import math
+from contextlib import nullcontext
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -102,7 +103,11 @@ def deformable_sample(features: torch.Tensor, offsets: torch.Tensor, weights: to
                          f"{tuple(offsets.shape)} and {tuple(weights.shape)}")
     input_size, output_size = features.shape[2:], offsets.shape[2:]
     lambdas = sampling_lambda(input_size, receptive_field)
-    with torch.autocast(device_type=features.device.type, enabled=False):
+    device_type = features.device.type
+    # meta tensors (cost counting) have no autocast to leave
+    no_autocast = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) \
+        else nullcontext()
+    with no_autocast:
         displacement = offsets.float() * weights.float()
         axes = []
         for a, (size, lam) in enumerate(zip(output_size, lambdas)):
