@@ -20,7 +20,8 @@ from torch import nn
 
 from nnunetv2_deconver.ndc_autograd import RecomputedNDC
 
-__all__ = ["nonnegative_deconvolution", "NDC", "IMPLEMENTATIONS", "select_implementation", "force_implementation"]
+__all__ = ["nonnegative_deconvolution", "NDC", "IMPLEMENTATIONS", "CHANNELS_LAST_MIN_VOXELS", "select_implementation",
+           "force_implementation"]
 
 IMPLEMENTATIONS = ("naive", "recompute", "channels_last")
 _CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
@@ -52,21 +53,30 @@ def _check_shapes(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, 
     return kernel
 
 
-def select_implementation(x: torch.Tensor) -> str:
-    """The default path for an observed map ``x``: ``"channels_last"`` for 2D/3D maps on the CPU, else
-    ``"recompute"``.
+# Smallest spatial size (voxels per sample) from which channels-last is faster than naive on the CPU
+# at every channel count measured (benchmarks/ndc_layer.py --dispatch, docs/performance.md); below
+# it the per-call costs of the layout change and of the oneDNN primitives dominate.
+CHANNELS_LAST_MIN_VOXELS = {2: 32 ** 2, 3: 8 ** 3}
 
-    Never the naive path: both custom paths run the same convolutions, so the naive one cannot be
-    faster on the CPU, where grouped convolutions in channels-last are 3-15x faster than in the default
-    layout at every stage geometry of the paper presets and of nnU-Net 3d_fullres plans
-    (``benchmarks/ndc_layer.py``); on the GPU the recomputing path keeps a third of the activation
-    memory, which decides whether a BraTS-sized patch fits at all. Double backward needs ``"naive"``.
+
+def select_implementation(x: torch.Tensor, device_type: Optional[str] = None) -> str:
+    """The default path for an observed map ``x`` (its shape and device; ``device_type`` overrides the latter).
+
+    On the CPU: ``"channels_last"`` for 2D/3D maps of at least ``CHANNELS_LAST_MIN_VOXELS``, where the
+    grouped convolutions run several times faster than in the default layout (about 10x at the first
+    BraTS stage); ``"naive"`` for smaller maps, where it is as fast and the memory is negligible.
+    Elsewhere (GPU): ``"recompute"``, which runs the very kernels of the naive composition and keeps a
+    third of its activations for backward. Inside :func:`force_implementation` the forced path.
     """
     forced = getattr(_forced, "name", None)
     if forced is not None:
         return forced
-    if x.device.type == "cpu" and x.dim() - 2 in _CHANNELS_LAST:
-        return "channels_last"
+    device_type = device_type or x.device.type
+    dim = x.dim() - 2
+    if device_type == "cpu":
+        if dim in CHANNELS_LAST_MIN_VOXELS and math.prod(x.shape[2:]) >= CHANNELS_LAST_MIN_VOXELS[dim]:
+            return "channels_last"
+        return "naive" if dim in CHANNELS_LAST_MIN_VOXELS else "recompute"
     return "recompute"
 
 

@@ -25,16 +25,15 @@ filter, and ``K(S0)`` (C channels, one grouped convolution that backward would o
 intermediate sources are recomputed from ``S0`` as well, so the saved memory does not grow with the
 number of updates. The naive composition keeps about three times as many activation bytes.
 
-Double backward is not supported (the backward is written by hand); the function is marked
-once-differentiable, so asking for a second derivative raises PyTorch's error for such functions.
-The naive composition in :mod:`nnunetv2_deconver.ndc` is twice differentiable.
+Double backward is not supported (the backward is written by hand): a backward asked to build a
+graph (``create_graph=True``) raises a RuntimeError that names the naive path, which is twice
+differentiable.
 """
 from contextlib import nullcontext
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 __all__ = ["RecomputedNDC", "adjoint_filters", "memory_format_of"]
 
@@ -99,10 +98,12 @@ class _Operators:
 
         Also says whether the result is a new tensor, which may then be overwritten in place.
         """
+        copied = tensor.dtype != self.dtype or (
+            self.layout is not None and not tensor.is_contiguous(memory_format=self.layout))
         prepared = tensor.to(self.dtype)
         if self.layout is not None:
             prepared = prepared.contiguous(memory_format=self.layout)
-        return prepared, prepared.data_ptr() != tensor.data_ptr()
+        return prepared, copied
 
     def correlate(self, source: torch.Tensor) -> torch.Tensor:  # K: (B, E, *S) -> (B, C, *S)
         return self.conv(source, self.filters, padding=self.padding, groups=self.groups)
@@ -174,8 +175,10 @@ class RecomputedNDC(torch.autograd.Function):
         return output
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output: torch.Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError("nonnegative_deconvolution: this path has a hand-written backward and no double "
+                               "backward (create_graph=True); use implementation='naive' for higher derivatives")
         x, source, filters, first_reconstruction = ctx.saved_tensors
         need_x, need_source, need_filters = ctx.needs_input_grad[:3]
         eps, iterations = ctx.eps, ctx.iterations
