@@ -98,6 +98,39 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
+def layer_breakdown(device: torch.device, repeats: int) -> str:
+    """Forward + backward of the largest DTC layer of the plan, by part (median seconds)."""
+    channels_in, channels_out = FEATURES[1], FEATURES[0]
+    size_in = [p // s for p, s in zip(PATCH, STRIDES[1])]
+    torch.manual_seed(0)
+    layer = DeformableTransposedConv(channels_in, channels_out, tuple(STRIDES[1])).to(device)
+    with torch.no_grad():
+        layer.coordinates.weight.normal_(std=0.1)  # trained-like, non-zero offsets
+    x = torch.randn(2, channels_in, *size_in, device=device, requires_grad=True)
+    features = layer.features(x).detach().requires_grad_()
+    offsets, weights = (t.detach().requires_grad_() for t in layer.offsets_and_weights(x))
+    from nnunetv2_deconver.dtc import deformable_sample
+    parts = {
+        "base transposed conv": lambda: layer.base(x).sum().backward(),
+        "feature 1x1 conv": lambda: layer.features(x).sum().backward(),
+        "coordinate transposed conv + tanh/sigmoid":
+            lambda: sum(t.sum() for t in layer.offsets_and_weights(x)).backward(),
+        "grid construction + grid_sample": lambda: deformable_sample(features, offsets, weights).sum().backward(),
+        "whole DTC layer": lambda: layer(x).sum().backward(),
+    }
+    times = {k: [] for k in parts}
+    for i in range(repeats + 1):
+        for key, fn in parts.items():
+            t = timed(fn, device)
+            if i:
+                times[key].append(t)
+    lines = [f"largest DTC layer: {channels_in} -> {channels_out} channels, {tuple(size_in)} -> "
+             f"{tuple(s * t for s, t in zip(size_in, STRIDES[1]))}, batch 2, forward + backward",
+             "| part | median (s) |", "|---|---|"]
+    lines += [f"| {k} | {statistics.median(v):.4f} |" for k, v in times.items()]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -134,6 +167,8 @@ def main(argv=None) -> int:
                     f"{100 * (t_dtc / t_base - 1):+.1f}% |")
         print(rows[-1], flush=True)
     print("\n".join(rows))
+    print()
+    print(layer_breakdown(device, args.repeats))
     return 0
 
 
