@@ -18,7 +18,8 @@ TRAINERS = ("nnUNetTrainerDeconver", "nnUNetTrainerDeconverNoDeepSupervision")
 
 
 def _plans():
-    return {"dataset_name": "Dataset999_DDP", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1, 1, 1],
+    return {"dataset_name": "Dataset999_DDP", "plans_name": "nnUNetPlans",
+            "original_median_spacing_after_transp": [1, 1, 1],
             "original_median_shape_after_transp": list(PATCH), "image_reader_writer": "SimpleITKIO",
             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "label_manager": "LabelManager",
             "foreground_intensity_properties_per_channel": {}, "experiment_planner_used": "ExperimentPlanner",

@@ -201,7 +201,8 @@ def test_bad_inputs_fail_with_one_clear_message(nnunet_env, monkeypatch, capsys)
         f.write('{"configurations": {')  # cut off half way
     for args, expected in [(["-d", "999"], "dataset 999 not found"),
                            (["-d", str(ISO), "-c", "3d_cascade_fullres"], "not supported"),
-                           (["-d", str(ISO), "-source_plans", "nnUNetBadJSON"], "nnUNetBadJSON.json is not valid JSON")]:
+                           (["-d", str(ISO), "-source_plans", "nnUNetBadJSON"],
+                            "nnUNetBadJSON.json is not valid JSON")]:
         capsys.readouterr()
         assert planning.main(args + ["-overwrite_plans_name", "nnUNetNeverWritten"]) == 1
         err = capsys.readouterr().err.strip().splitlines()

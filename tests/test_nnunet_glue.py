@@ -1,7 +1,6 @@
 """The nnU-Net glue without running nnU-Net: schedule, plan reading, atomic writes, memory model, planning
 arithmetic, and where the trainers are found (editable and regular installs)."""
 import json
-import math
 import os
 import subprocess
 import sys
