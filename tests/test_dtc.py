@@ -2,6 +2,7 @@
 ``max shift = r / 2 input pixels either way`` (a window r pixels wide), never from the module itself."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -218,3 +219,18 @@ def test_bad_input_raises_value_error():
         DeformableTransposedConv(2, 2, (2, 2), base="nearest")
     with pytest.raises(ValueError, match="offsets and weights"):
         deformable_sample(torch.randn(1, 2, 4, 4), torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+def test_display_helpers():
+    from nnunetv2_deconver.dtc_display import DisplacementError, last_dtc_layer, sampling_density
+
+    assert np.array_equal(sampling_density(np.zeros((2, 3, 4))), np.ones((3, 4)))
+    # every sample moved one column right: column 0 is never read, the last column is read twice
+    # (its own sample and, clamped at the border, the one pushed off the image)
+    shifted = np.stack([np.zeros((3, 4)), np.ones((3, 4))])
+    expected = np.array([[0, 1, 1, 2]] * 3, dtype=float)
+    assert np.array_equal(sampling_density(shifted), expected)
+    with pytest.raises(DisplacementError, match="no DTC layer"):
+        last_dtc_layer(nn.Sequential(nn.ConvTranspose2d(2, 2, 2, stride=2)))
+    layers = nn.Sequential(DeformableTransposedConv(4, 2, (2, 2)), DeformableTransposedConv(2, 1, (2, 2)))
+    assert last_dtc_layer(layers) is layers[1]

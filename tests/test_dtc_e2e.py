@@ -106,8 +106,8 @@ def test_displacement_picture_from_the_trained_model(trained, tmp_path):
     assert "wrote" in result.stdout
 
 
-def test_displacement_command_rejects_a_folder_without_dtc(tmp_path):
+def test_displacement_command_rejects_a_folder_that_is_no_model(tmp_path):
     result = subprocess.run([os.path.join(BIN, "nnunetv2_deconver"), "dtc-displacement", str(tmp_path),
                              str(tmp_path / "missing.nii.gz"), "-o", str(tmp_path / "x.png")],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "fold_0" in result.stderr
