@@ -105,8 +105,7 @@ def deformable_sample(features: torch.Tensor, offsets: torch.Tensor, weights: to
     lambdas = sampling_lambda(input_size, receptive_field)
     device_type = features.device.type
     # meta tensors (cost counting) have no autocast to leave
-    no_autocast = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) \
-        else nullcontext()
+    no_autocast = nullcontext() if device_type == "meta" else torch.autocast(device_type, enabled=False)
     with no_autocast:
         displacement = offsets.float() * weights.float()
         axes = []
