@@ -241,7 +241,10 @@ def _check_cases(runs: List[Run], references: Dict[str, str], problems: List[str
 
 def _trainer_class(name: str):
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    with contextlib.redirect_stdout(io.StringIO()):
+    # importing every trainer module prints the search and deprecation warnings of nnU-Net's imports,
+    # which would bury the report's progress lines
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
         return recursive_find_trainer_class_by_name(name)
 
 
@@ -421,7 +424,9 @@ def compare(dataset: Optional[str], configuration: str, output: str,
 
     for run in runs:
         _log(f"[compare] costs of {run.name} ...")
-        run.cost = measure_run_cost(run, configuration, timing_device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecation notes of torch.jit from nnU-Net's imports
+            run.cost = measure_run_cost(run, configuration, timing_device)
 
     fold_of = _fold_of_cases(runs[0], folds)
     for run in runs:
