@@ -86,24 +86,27 @@ def main(argv=None) -> int:
     parser.add_argument("--naive-repeats", type=int, help="runs of the naive path (default: --repeats)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--all-paths", action="store_true", help="also time every non-default path")
+    parser.add_argument("--stages", type=int, default=5, help="measure only the first N BraTS stages")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     size = 16 if args.quick else args.size or (128 if device.type == "cuda" else 64)
     naive_repeats = min(args.naive_repeats or args.repeats, args.repeats)
-    probe = torch.empty(1, 1, 1, 1, 1, device=device)
-    default = select_implementation(probe)
-    implementations = ["naive"]
-    if args.all_paths:
-        implementations += [name for name in ("recompute", "channels_last") if name != default]
-    implementations.append(default)
 
     print(f"# NDC layer, R = 4, G = C, k = 3, batch 1, fp32, {device.type}")
     print(f"# {machine_description(device)}")
     print(f"# runs per path: {args.repeats} (naive: {naive_repeats}), medians; interleaved")
+    print("# path: 'naive' and the path the default dispatch takes for that geometry")
     print("| C | size | path | fwd s | fwd+bwd s | speed-up fwd+bwd | saved for bwd MiB | saved vs naive "
           "| peak MiB | fwd / roofline |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for channels, stage_size in brats_geometries(size):
+    for channels, stage_size in brats_geometries(size)[:args.stages]:
+        default = select_implementation(torch.empty(1, channels, stage_size, stage_size, stage_size, device="meta"),
+                                        device_type=device.type)
+        implementations = ["naive"]
+        if args.all_paths:
+            implementations += [name for name in ("recompute", "channels_last") if name != default]
+        if default != "naive":
+            implementations.append(default)
         rows, roofline, bandwidth = measure(channels, stage_size, 4, device, implementations, args.repeats,
                                             naive_repeats, compile_fast=device.type == "cuda")
         naive = rows["naive"]
