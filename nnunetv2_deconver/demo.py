@@ -23,7 +23,7 @@ import time
 from collections import deque
 from typing import List, Optional
 
-from nnunetv2_deconver.demo_budget import (DEFAULT_EPOCHS, DEFAULT_ITERATIONS, EPOCHS_VARIABLE,
+from nnunetv2_deconver.short_runs import (DEFAULT_EPOCHS, DEFAULT_ITERATIONS, EPOCHS_VARIABLE,
                                            ITERATIONS_VARIABLE)
 
 __all__ = ["run_demo", "add_arguments", "DATASET_ID", "DATASET_NAME", "TRAINERS"]

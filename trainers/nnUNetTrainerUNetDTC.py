@@ -2,7 +2,6 @@
 as the DTC paper did for nnU-Net on BTCV (its Table 3)."""
 from typing import Optional
 
-import torch
 from torch import nn
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -10,6 +9,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_deconver.dtc import DeformableTransposedConv
+from nnunetv2_deconver.short_runs import SmokeRun
 
 
 class nnUNetTrainerUNetDTC(nnUNetTrainer):
@@ -53,20 +53,5 @@ class nnUNetTrainerUNetDTC_rfUnrestricted(nnUNetTrainerUNetDTC):
     dtc_receptive_field = None
 
 
-class nnUNetTrainerUNetDTC_smoke(nnUNetTrainerUNetDTC):
-    """One epoch of 2 training and 1 validation iteration, no mirroring: the whole pipeline in seconds on a
-    CPU, for tests."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
-
-    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
-        # test-time mirroring multiplies inference cost by 4 (2D) or 8 (3D)
-        rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, _ = \
-            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        self.inference_allowed_mirroring_axes = None
-        return rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, None
+class nnUNetTrainerUNetDTC_smoke(SmokeRun, nnUNetTrainerUNetDTC):
+    """One epoch of 2 training and 1 validation iteration, no mirroring; for tests on a CPU."""
