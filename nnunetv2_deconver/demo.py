@@ -66,8 +66,16 @@ def _environment(output: str, epochs: int, iterations: int) -> dict:
     return env
 
 
+def _executable(name: str) -> str:
+    """nnU-Net's command ``name`` from this interpreter's environment (a venv need not be activated),
+    else from ``PATH``."""
+    beside = os.path.join(os.path.dirname(sys.executable), name)
+    return beside if os.access(beside, os.X_OK) else (shutil.which(name) or name)
+
+
 def _run(command: List[str], env: dict, log_path: str, clock: _Clock, show=lambda line: False) -> None:
     """Run a command, its output to ``log_path``; lines for which ``show`` is true are printed."""
+    command = [_executable(command[0])] + command[1:]
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     tail = deque(maxlen=25)
     with open(log_path, "a") as log:

@@ -26,6 +26,9 @@ def test_demo_reduced_budget_end_to_end_and_resume(tmp_path):
     output = tmp_path / "demo"
     env = {k: v for k, v in os.environ.items()
            if k not in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer")}
+    # as README's `.venv/bin/nnunetv2_deconver demo`: the environment's bin folder is not on PATH
+    bin_folder = os.path.realpath(os.path.dirname(sys.executable))
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if os.path.realpath(p) != bin_folder)
     command = [script, "demo", "--output", str(output), "--device", "cpu", "--epochs", "1", "--iterations", "1",
                "--cases", "8", "--size", "24"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
