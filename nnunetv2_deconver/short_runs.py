@@ -14,8 +14,8 @@ __all__ = ["WithoutTestTimeMirroring", "SmokeRun", "DemoRun", "EPOCHS_VARIABLE",
 
 EPOCHS_VARIABLE = "NNUNETV2_DECONVER_DEMO_EPOCHS"
 ITERATIONS_VARIABLE = "NNUNETV2_DECONVER_DEMO_ITERATIONS"
-DEFAULT_EPOCHS = 4
-DEFAULT_ITERATIONS = 6
+DEFAULT_EPOCHS = 10
+DEFAULT_ITERATIONS = 20
 
 
 class WithoutTestTimeMirroring:
@@ -41,8 +41,8 @@ class SmokeRun(WithoutTestTimeMirroring):
 
 
 class DemoRun(WithoutTestTimeMirroring):
-    """The demo's budget: ``NNUNETV2_DECONVER_DEMO_EPOCHS`` epochs (default 4) of
-    ``NNUNETV2_DECONVER_DEMO_ITERATIONS`` training iterations (default 6; validation a fifth of that,
+    """The demo's budget: ``NNUNETV2_DECONVER_DEMO_EPOCHS`` epochs (default 10) of
+    ``NNUNETV2_DECONVER_DEMO_ITERATIONS`` training iterations (default 20; validation a fifth of that,
     at least 1), with a checkpoint every epoch so an interrupted demo resumes."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
