@@ -48,13 +48,14 @@ Conventions (the paper leaves them open; these are ours, and the tests check the
   near 1 is only resolved to ``2**-8``, half a pixel of a 256-wide map.
 """
 import math
-from contextlib import nullcontext
 from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from nnunetv2_deconver.precision import autocast_disabled
 
 __all__ = ["deformable_sample", "sampling_lambda", "DeformableTransposedConv"]
 
@@ -103,10 +104,7 @@ def deformable_sample(features: torch.Tensor, offsets: torch.Tensor, weights: to
                          f"{tuple(offsets.shape)} and {tuple(weights.shape)}")
     input_size, output_size = features.shape[2:], offsets.shape[2:]
     lambdas = sampling_lambda(input_size, receptive_field)
-    device_type = features.device.type
-    # meta tensors (cost counting) have no autocast to leave
-    no_autocast = nullcontext() if device_type == "meta" else torch.autocast(device_type, enabled=False)
-    with no_autocast:
+    with autocast_disabled(features.device.type):
         displacement = offsets.float() * weights.float()
         axes = []
         for a, (size, lam) in enumerate(zip(output_size, lambdas)):

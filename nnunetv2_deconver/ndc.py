@@ -11,24 +11,21 @@ channels-last layout (``"channels_last"``). :func:`select_implementation` is the
 """
 import math
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunetv2_deconver.ndc_autograd import RecomputedNDC
+from nnunetv2_deconver.ndc_autograd import _CHANNELS_LAST, _CONV, _CONV_T, RecomputedNDC
+from nnunetv2_deconver.precision import autocast_disabled
 
 __all__ = ["nonnegative_deconvolution", "NDC", "IMPLEMENTATIONS", "CHANNELS_LAST_MIN_VOXELS", "select_implementation",
            "force_implementation"]
 
 IMPLEMENTATIONS = ("naive", "recompute", "channels_last")
-_CHANNELS_LAST = {2: torch.channels_last, 3: torch.channels_last_3d}
 _forced = threading.local()
-
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_CONV_T = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def _check_shapes(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int) -> Tuple[int, ...]:
@@ -137,8 +134,7 @@ def nonnegative_deconvolution(x: torch.Tensor, source: torch.Tensor, filters: to
         layout = _CHANNELS_LAST.get(len(kernel)) if implementation == "channels_last" else None
         return RecomputedNDC.apply(x, source, filters, groups, eps, iterations, layout)
     # fp16 cannot hold eps and overflows in the ratio: the update always runs in (at least) fp32.
-    device = x.device.type
-    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+    with autocast_disabled(x.device.type):
         dtype = torch.promote_types(torch.promote_types(x.dtype, source.dtype), torch.float32)
         return _naive_update(x.to(dtype), source.to(dtype), filters.to(dtype), groups, eps, iterations, kernel)
 
@@ -173,17 +169,14 @@ class NDC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         implementation = select_implementation(x)
         layout = _CHANNELS_LAST.get(x.dim() - 2) if implementation == "channels_last" else None
-        if layout is None:
-            source = F.relu(self.project(x))
-            return nonnegative_deconvolution(x, source, F.relu(self.filters), self.groups, self.eps, self.iterations,
-                                             implementation)
-        # Converting the C-channel input once makes the projection emit S0 channels-last, which spares
-        # the update (and its backward) three conversions of R*C-channel tensors.
-        x = x.contiguous(memory_format=layout)
+        if layout is not None:
+            # Converting the C-channel input once makes the projection emit S0 channels-last, which spares
+            # the update (and its backward) three conversions of R*C-channel tensors.
+            x = x.contiguous(memory_format=layout)
         source = F.relu(self.project(x))
         output = nonnegative_deconvolution(x, source, F.relu(self.filters), self.groups, self.eps, self.iterations,
                                            implementation)
-        return output.contiguous()
+        return output if layout is None else output.contiguous()
 
     def extra_repr(self) -> str:
         return f"kernel_size={tuple(self.filters.shape[2:])}, groups={self.groups}, eps={self.eps}, " \

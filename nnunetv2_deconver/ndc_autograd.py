@@ -29,11 +29,12 @@ Double backward is not supported (the backward is written by hand): a backward a
 graph (``create_graph=True``) raises a RuntimeError that names the naive path, which is twice
 differentiable.
 """
-from contextlib import nullcontext
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from nnunetv2_deconver.precision import autocast_disabled
 
 __all__ = ["RecomputedNDC", "adjoint_filters", "memory_format_of"]
 
@@ -68,11 +69,6 @@ def _filters_from_adjoint(adjoint: torch.Tensor, groups: int) -> torch.Tensor:
     spatial = tuple(range(2, adjoint.dim()))
     blocks = adjoint.flip(spatial).reshape(groups, e // groups, c_per_group, *kernel).transpose(1, 2)
     return blocks.reshape(groups * c_per_group, e // groups, *kernel)
-
-
-def _no_autocast(device_type: str):
-    return torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) \
-        else nullcontext()
 
 
 class _Operators:
@@ -150,7 +146,7 @@ class RecomputedNDC(torch.autograd.Function):
                 iterations: int, layout: Optional[torch.memory_format]) -> torch.Tensor:
         # fp16 cannot hold eps and overflows in the ratio: the update always runs in (at least) fp32.
         dtype = torch.promote_types(torch.promote_types(x.dtype, source.dtype), torch.float32)
-        with _no_autocast(x.device.type):
+        with autocast_disabled(x.device.type):
             ops = _Operators(filters, groups, dtype, layout)
             numerator = ops.adjoint_of(ops.prepare(x)[0]).add_(eps)
             current, owned = ops.prepare(source)
@@ -182,7 +178,7 @@ class RecomputedNDC(torch.autograd.Function):
         x, source, filters, first_reconstruction = ctx.saved_tensors
         need_x, need_source, need_filters = ctx.needs_input_grad[:3]
         eps, iterations = ctx.eps, ctx.iterations
-        with _no_autocast(x.device.type):
+        with autocast_disabled(x.device.type):
             ops = _Operators(filters, ctx.groups, ctx.dtype, ctx.layout)
             observed = ops.prepare(x)[0]
             numerator = ops.adjoint_of(observed).add_(eps)
