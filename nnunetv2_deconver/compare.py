@@ -166,7 +166,7 @@ def find_runs(dataset: Optional[str], configuration: str, trainers: Sequence[str
                       if os.path.isdir(os.path.join(p, "validation"))}
         folds = sorted(found, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
         if not folds:
-            raise CompareError([f"no fold_N/validation folder in any of: " +
+            raise CompareError(["no fold_N/validation folder in any of: " +
                                 ", ".join(r.results_folder for r in runs)])
     for run in runs:
         run.dataset_json = _load_json(os.path.join(run.results_folder, "dataset.json"))
