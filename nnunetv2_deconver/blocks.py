@@ -4,7 +4,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnunetv2_deconver.ndc import NDC
+from nnunetv2_deconver.ndc import NDC, compute_layout
+from nnunetv2_deconver.ndc_autograd import memory_format_of
 
 __all__ = ["DeconvMixer", "Mlp", "DeconverBlock"]
 
@@ -25,7 +26,12 @@ class DeconvMixer(nn.Module):
         self.project_out = conv(ratio * channels, channels, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project_out(self.ndc(self.act(self.project_in(x))))  # (B, C, *S) -> (B, R*C, *S) -> (B, C, *S)
+        # Where the NDC update runs channels-last (CPU), so does the whole mixer: one C-channel conversion in
+        # and one out instead of several of the R*C-channel source, its update and their gradients.
+        layout = compute_layout(x)
+        inner = x if layout is None else x.contiguous(memory_format=layout)
+        out = self.project_out(self.ndc(self.act(self.project_in(inner))))  # C -> C -> R*C -> C channels
+        return out if layout is None else out.contiguous(memory_format=memory_format_of(x))
 
 
 class Mlp(nn.Module):

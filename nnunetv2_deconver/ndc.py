@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunetv2_deconver.ndc_autograd import _CHANNELS_LAST, _CONV, _CONV_T, RecomputedNDC
+from nnunetv2_deconver.ndc_autograd import _CHANNELS_LAST, _CONV, _CONV_T, RecomputedNDC, memory_format_of
 from nnunetv2_deconver.precision import autocast_disabled
 
 __all__ = ["nonnegative_deconvolution", "NDC", "IMPLEMENTATIONS", "CHANNELS_LAST_MIN_VOXELS", "select_implementation",
-           "force_implementation"]
+           "compute_layout", "force_implementation"]
 
 IMPLEMENTATIONS = ("naive", "recompute", "channels_last")
 _forced = threading.local()
@@ -75,6 +75,15 @@ def select_implementation(x: torch.Tensor, device_type: Optional[str] = None) ->
             return "channels_last"
         return "naive" if dim in CHANNELS_LAST_MIN_VOXELS else "recompute"
     return "recompute"
+
+
+def compute_layout(x: torch.Tensor) -> Optional[torch.memory_format]:
+    """The memory format the default path computes the update of ``x`` in: channels-last or ``None`` (as given).
+
+    A caller that already holds ``x`` in it (e.g. a whole Deconv mixer run channels-last) spares the
+    layer its conversions.
+    """
+    return _CHANNELS_LAST.get(x.dim() - 2) if select_implementation(x) == "channels_last" else None
 
 
 @contextmanager
@@ -168,7 +177,8 @@ class NDC(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         implementation = select_implementation(x)
-        layout = _CHANNELS_LAST.get(x.dim() - 2) if implementation == "channels_last" else None
+        caller_layout = memory_format_of(x)
+        layout = compute_layout(x)
         if layout is not None:
             # Converting the C-channel input once makes the projection emit S0 channels-last, which spares
             # the update (and its backward) three conversions of R*C-channel tensors.
@@ -176,7 +186,7 @@ class NDC(nn.Module):
         source = F.relu(self.project(x))
         output = nonnegative_deconvolution(x, source, F.relu(self.filters), self.groups, self.eps, self.iterations,
                                            implementation)
-        return output if layout is None else output.contiguous()
+        return output.contiguous(memory_format=caller_layout)  # a no-op when the caller is channels-last
 
     def extra_repr(self) -> str:
         return f"kernel_size={tuple(self.filters.shape[2:])}, groups={self.groups}, eps={self.eps}, " \
