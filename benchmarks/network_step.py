@@ -8,7 +8,8 @@ The plan is a realistic 3d_fullres configuration (5 stages, 32..320 features, 3^
 deep-supervision cross-entropy, backward and nnU-Net's SGD (lr 1e-2, momentum 0.99, Nesterov); on a
 GPU under AMP with a GradScaler and with ``torch.compile``, as nnU-Net trains. Inference is
 ``nnUNetPredictor.predict_sliding_window_return_logits`` (Gaussian weighting, no mirroring) over an
-image of 2x2x2 patches, tile step 0.5 on a GPU and 1.0 (the 8 patches) on the CPU.
+image of 2x2x2 patches, tile step 0.5 on a GPU and 1.0 (the 8 patches) on the CPU. A third row trains
+Deconver with activation checkpointing of its blocks (``checkpoint_blocks=True``).
 
     python benchmarks/network_step.py            # CPU: patch 64^3, batch 2
     python benchmarks/network_step.py --quick    # patch 32^3, batch 1, 3 runs: a smoke run
@@ -30,6 +31,7 @@ from _common import PeakMemory, machine_description, median, mib, timed  # noqa:
 from nnunetv2_deconver.network import Deconver  # noqa: E402
 
 INPUT_CHANNELS, NUM_CLASSES = 4, 3
+CHECKPOINTED = "Deconver+checkpointing"  # Deconver(checkpoint_blocks=True); its inference is Deconver's
 
 
 def plan_arch(n_stages: int) -> dict:
@@ -56,7 +58,8 @@ def build(name: str, arch: dict, deep_supervision: bool) -> torch.nn.Module:
                                       INPUT_CHANNELS, NUM_CLASSES, deep_supervision=deep_supervision)
     kwargs = arch["arch_kwargs"]
     return Deconver(INPUT_CHANNELS, kwargs["n_stages"], kwargs["features_per_stage"], torch.nn.Conv3d,
-                    kwargs["kernel_sizes"], kwargs["strides"], NUM_CLASSES, deep_supervision=deep_supervision)
+                    kwargs["kernel_sizes"], kwargs["strides"], NUM_CLASSES, deep_supervision=deep_supervision,
+                    checkpoint_blocks=name == CHECKPOINTED)
 
 
 class Trainer:
@@ -157,7 +160,8 @@ def main(argv=None) -> int:
     patch, batch = settings(args, device)
     repeats = 3 if args.quick else args.repeats
     arch = plan_arch(args.stages)
-    names = ["PlainConvUNet", "Deconver"]
+    names = ["PlainConvUNet", "Deconver", CHECKPOINTED]
+    inferred = names[:2]
     print(f"# one training step and one sliding-window inference, {device.type}, patch {patch}, batch {batch}, "
           f"{args.stages} stages {arch['arch_kwargs']['features_per_stage']}")
     print(f"# {machine_description(device)}")
@@ -168,21 +172,24 @@ def main(argv=None) -> int:
     trainers = {name: Trainer(build(name, arch, True), device, patch, batch, device.type == "cuda") for name in names}
     step_size = 0.5 if device.type == "cuda" else 1.0
     predictors = {name: predictor_for(build(name, arch, False).to(device).eval(), device, patch, step_size)
-                  for name in names}
+                  for name in inferred}
     image = torch.rand(INPUT_CHANNELS, *(2 * p for p in patch))
     for name in names:  # warm-up (and compilation)
         trainers[name].step()
-        predictors[name].predict_sliding_window_return_logits(image)
+        if name in predictors:
+            predictors[name].predict_sliding_window_return_logits(image)
     train = {name: [] for name in names}
-    infer = {name: [] for name in names}
+    infer = {name: [] for name in inferred}
     for _ in range(repeats):
         for name in names:
             train[name].append(timed(trainers[name].step, device))
-            infer[name].append(timed(lambda: predictors[name].predict_sliding_window_return_logits(image), device))
+            if name in predictors:
+                infer[name].append(timed(lambda: predictors[name].predict_sliding_window_return_logits(image),
+                                         device))
     del trainers, predictors
     memory = {name: {} for name in names}
     for name in names:
-        for phase in ("train", "infer"):
+        for phase in ("train", "infer") if name in inferred else ("train",):
             command = [sys.executable, __file__, "--memory-of", f"{name}:{phase}", "--device", args.device,
                        "--stages", str(args.stages), "--patch", str(patch[0]), "--batch", str(batch)]
             result = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -193,9 +200,14 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     base_train, base_infer = median(train["PlainConvUNet"]), median(infer["PlainConvUNet"])
     for name in names:
-        t, i = median(train[name]), median(infer[name])
-        print(f"| {name} | {params[name] / 1e6:.2f} | {t:.3f} | {t / base_train:.2f} | {mib(memory[name]['train'])} "
-              f"| {i:.3f} | {i / base_infer:.2f} | {mib(memory[name]['infer'])} |")
+        t = median(train[name])
+        row = f"| {name} | {params[name] / 1e6:.2f} | {t:.3f} | {t / base_train:.2f} | {mib(memory[name]['train'])} "
+        if name in inferred:
+            i = median(infer[name])
+            row += f"| {i:.3f} | {i / base_infer:.2f} | {mib(memory[name]['infer'])} |"
+        else:
+            row += "| as Deconver | | |"
+        print(row)
     print(f"# inference: sliding window over a {tuple(2 * p for p in patch)} image, tile step {step_size}")
     return 0
 

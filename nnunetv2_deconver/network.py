@@ -130,6 +130,8 @@ class Deconver(nn.Module):
         upsample: ``"transposed"`` (the paper's transposed convs) or ``"dtc"`` (each wrapped as the base
             of a deformable transposed convolution, see :mod:`nnunetv2_deconver.dtc`).
         dtc_receptive_field: DTC's receptive field in input pixels per axis (None: unrestricted).
+        checkpoint_blocks: recompute each Deconver block in backward instead of keeping its activations
+            (activation checkpointing; same values, less memory, more compute; see ``DeconverBlock``).
     """
 
     def __init__(self, input_channels: int, n_stages: int, features_per_stage: IntOrSeq, conv_op,
@@ -137,7 +139,8 @@ class Deconver(nn.Module):
                  ndc_ratio: int = 4, ndc_groups: int = None, mlp_ratio: int = 4,
                  n_blocks_per_stage: IntOrSeq = 1, n_blocks_per_stage_decoder: IntOrSeq = 1,
                  ndc_eps: float = 1e-8, ndc_iterations: int = 1, stem_kernel_size: IntOrSeq = None,
-                 upsample: str = "transposed", dtc_receptive_field: Optional[float] = 2.0):
+                 upsample: str = "transposed", dtc_receptive_field: Optional[float] = 2.0,
+                 checkpoint_blocks: bool = False):
         super().__init__()
         assert upsample in _UPSAMPLE, f"upsample must be one of {_UPSAMPLE}, got {upsample!r}"
         if isinstance(conv_op, str):
@@ -172,6 +175,10 @@ class Deconver(nn.Module):
         self.decoder = DeconverDecoder(features_per_stage, conv_op, kernel_sizes, strides,
                                        self.n_blocks_per_stage_decoder, num_classes, deep_supervision, groups, common,
                                        upsample, dtc_receptive_field)
+        self.checkpoint_blocks = checkpoint_blocks
+        for block in self.modules():
+            if isinstance(block, DeconverBlock):
+                block.checkpoint = checkpoint_blocks
 
     @property
     def divisor(self) -> Tuple[int, ...]:

@@ -107,3 +107,47 @@ def test_backward_reaches_every_parameter_with_deep_supervision():
     net = Deconver(input_channels=1, num_classes=2, deep_supervision=True, **TWO_D)
     sum(o.sum() for o in net(torch.rand(1, 1, 32, 16))).backward()
     assert all(p.grad is not None for p in net.parameters())  # nothing unused: DDP needs this
+
+
+def _saved_bytes(fn) -> int:
+    total = [0]
+
+    def pack(tensor):
+        total[0] += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return total[0]
+
+
+def test_checkpointed_blocks_give_the_same_gradients():
+    torch.manual_seed(0)
+    plain = Deconver(input_channels=1, num_classes=2, deep_supervision=True, **ISOTROPIC)
+    checkpointed = Deconver(input_channels=1, num_classes=2, deep_supervision=True, checkpoint_blocks=True,
+                            **ISOTROPIC)
+    checkpointed.load_state_dict(plain.state_dict())  # same keys: checkpointing changes no parameter
+    x = torch.rand(2, 1, 16, 16, 16)
+    for net in (plain, checkpointed):
+        sum((o * torch.linspace(0, 1, o.shape[-1])).sum() for o in net(x)).backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_checkpointed_blocks_keep_only_their_inputs():
+    from nnunetv2_deconver.blocks import DeconverBlock
+    x = torch.rand(2, 1, 16, 16, 16)
+    checkpointed = Deconver(input_channels=1, num_classes=2, deep_supervision=True, checkpoint_blocks=True,
+                            **ISOTROPIC)
+    without_blocks = Deconver(input_channels=1, num_classes=2, deep_supervision=True, **ISOTROPIC)
+    for module in list(without_blocks.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, DeconverBlock):
+                setattr(module, name, torch.nn.Identity())
+    # one (B, C, *S) input per block: encoder stage s and decoder stage s both at width C_s, 16^3 / 8^s voxels
+    widths = ISOTROPIC["features_per_stage"]
+    block_inputs = sum(2 * c * 16 ** 3 // 8 ** s for s, c in enumerate(widths)) - widths[-1] * 16 ** 3 // 8 ** 3
+    assert _saved_bytes(lambda: checkpointed(x)) == _saved_bytes(lambda: without_blocks(x)) + 4 * 2 * block_inputs
+    # without checkpointing every block keeps its activations: many times more
+    assert _saved_bytes(lambda: Deconver(input_channels=1, num_classes=2, deep_supervision=True, **ISOTROPIC)(x)) > \
+        5 * _saved_bytes(lambda: checkpointed(x))

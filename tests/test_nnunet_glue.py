@@ -155,6 +155,10 @@ def test_trainers_build_from_the_plan_topology():
     k5 = nnUNetTrainerDeconver_k5.build_network_architecture(manager, configuration, 2, 3, False)
     assert k5.kernel_sizes == [(1, 5, 5), (5, 5, 5), (5, 5, 5)] and k5.stem_kernel_size == (1, 3, 3)
     assert tuple(k5(torch.zeros(1, 2, 4, 8, 8)).shape) == (1, 3, 4, 8, 8)
+    from nnunetv2_deconver.trainers.nnUNetTrainerDeconverCheckpointed import nnUNetTrainerDeconverCheckpointed
+    checkpointed = nnUNetTrainerDeconverCheckpointed.build_network_architecture(manager, configuration, 2, 3, True)
+    assert checkpointed.checkpoint_blocks and not network.checkpoint_blocks
+    assert checkpointed.kernel_sizes == network.kernel_sizes
     bad_manager, bad_configuration = _manager([[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides, [4, 8, 6])
     with pytest.raises(PlanError, match=r"Dataset998_X.nnUNetPlans.json.*\[4, 8, 6\]"):
         nnUNetTrainerDeconver.build_network_architecture(bad_manager, bad_configuration, 2, 3, True)

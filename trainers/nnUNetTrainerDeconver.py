@@ -28,6 +28,8 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
     network_class = Deconver
     # None: the plan's kernel sizes; an int replaces every NDC kernel axis > 1 (the stem keeps the plan's)
     ndc_kernel_size: Optional[int] = None
+    # True: activation checkpointing of every Deconver block (less memory, more compute)
+    checkpoint_blocks: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -50,6 +52,8 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
         if cls.ndc_kernel_size is not None:
             kwargs.setdefault("stem_kernel_size", kwargs["kernel_sizes"][0])
             kwargs["kernel_sizes"] = replace_kernel(kwargs["kernel_sizes"], cls.ndc_kernel_size)
+        if cls.checkpoint_blocks:
+            kwargs["checkpoint_blocks"] = True
         check_patch_divisible(configuration_manager.patch_size, kwargs["strides"], name, plans_file)
         return kwargs
 

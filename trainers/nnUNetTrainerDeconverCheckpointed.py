@@ -1,0 +1,8 @@
+from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconver
+
+
+class nnUNetTrainerDeconverCheckpointed(nnUNetTrainerDeconver):
+    """Deconver with activation checkpointing of every block: the same network and gradients with a
+    fraction of the activation memory, for a larger patch or batch on the same GPU, at about a third
+    more compute per step (``docs/performance.md``)."""
+    checkpoint_blocks = True
