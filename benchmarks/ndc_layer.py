@@ -9,6 +9,7 @@ roofline (the bytes a forward must move, read x and S0 and write the output, at 
 
     python benchmarks/ndc_layer.py            # CPU: 64^3 at the first stage; GPU: 128^3
     python benchmarks/ndc_layer.py --quick    # a small smoke run, under a minute
+    python benchmarks/ndc_layer.py --dispatch # naive vs channels-last around the CPU dispatch threshold
 """
 import argparse
 import sys
@@ -78,6 +79,37 @@ def measure(channels, size, ratio, device, implementations, repeats, naive_repea
     return rows, roofline, bandwidth
 
 
+DISPATCH_GRID = {3: ([32, 128, 256, 320, 512], [4, 6, 8, 12]), 2: ([32, 128, 512], [16, 24, 32, 64])}
+
+
+def dispatch_table(repeats: int) -> None:
+    """Forward+backward time of naive over channels-last (> 1: channels-last faster) for small maps, where the
+    default dispatch (``CHANNELS_LAST_MIN_VOXELS``) switches from one to the other on the CPU."""
+    device = torch.device("cpu")
+    print("| dims | C | size | naive fwd+bwd ms | channels_last fwd+bwd ms | naive / channels_last | dispatch |")
+    print("|---|---|---|---|---|---|---|")
+    for dim, (channel_counts, sizes) in DISPATCH_GRID.items():
+        for channels in channel_counts:
+            for size in sizes:
+                x, source, filters, grad = operands(channels, size, 4, device, dim)
+                times = {"naive": [], "channels_last": []}
+
+                def forward_backward(name):
+                    for tensor in (x, source, filters):
+                        tensor.grad = None
+                    nonnegative_deconvolution(x, source, filters, channels, implementation=name).backward(grad)
+
+                for name in times:
+                    forward_backward(name)
+                for _ in range(repeats):
+                    for name in times:
+                        times[name].append(timed(lambda: forward_backward(name), device))
+                naive, fast = median(times["naive"]), median(times["channels_last"])
+                chosen = select_implementation(x)
+                print(f"| {dim}D | {channels} | {size}^{dim} | {naive * 1e3:.2f} | {fast * 1e3:.2f} "
+                      f"| {naive / fast:.2f} | {chosen} |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16^3 first stage, 5 runs: a smoke test")
@@ -87,7 +119,14 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--all-paths", action="store_true", help="also time every non-default path")
     parser.add_argument("--stages", type=int, default=5, help="measure only the first N BraTS stages")
+    parser.add_argument("--dispatch", action="store_true",
+                        help="CPU: naive vs channels-last at small maps, around the dispatch threshold")
     args = parser.parse_args(argv)
+    if args.dispatch:
+        print(f"# NDC layer, R = 4, G = C, k = 3, batch 1, fp32, cpu; {machine_description(torch.device('cpu'))}")
+        print(f"# {args.repeats} interleaved runs per path, medians")
+        dispatch_table(args.repeats)
+        return 0
     device = torch.device(args.device)
     size = 16 if args.quick else args.size or (128 if device.type == "cuda" else 64)
     naive_repeats = min(args.naive_repeats or args.repeats, args.repeats)

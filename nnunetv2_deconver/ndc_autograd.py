@@ -205,20 +205,32 @@ class RecomputedNDC(torch.autograd.Function):
                 reconstructions.append(ops.correlate(sources[-1]))
 
             grad = ops.prepare(grad_output)[0]
-            grad_numerator = grad_filters_total = None
+            grad_numerator = grad_filters_total = grad_x = grad_source = grad_filters = None
 
             def accumulate(total, term):
                 return term if total is None else total.add_(term)
 
+            # Buffers are released as early as the math allows: for one update at most three E-channel
+            # buffers live at once besides the saved tensors and the incoming gradient.
             for step in reversed(range(iterations)):
                 current, reconstruction = sources.pop(), reconstructions.pop()
-                ratio = ops.adjoint_of(reconstruction).add_(eps)  # D_t, turned into q = N / D_t below
-                scaled = (grad * current).div_(ratio)  # u = g * S_t / D_t
-                torch.div(numerator, ratio, out=ratio)
-                # dL/dD_t = -u * q; after the first update's q, N is dead and lends its buffer
-                grad_denominator = (torch.mul(scaled, ratio, out=numerator) if step == 0
-                                    else scaled * ratio).neg_()
-                grad_numerator = accumulate(grad_numerator, scaled)
+                denominator = ops.adjoint_of(reconstruction).add_(eps)  # D_t
+                scaled = (grad * current).div_(denominator)  # u = g * S_t / D_t
+                # q = N / D_t; the first update's q is N's last use, so it takes N's buffer
+                ratio = numerator.div_(denominator) if step == 0 else numerator / denominator
+                del denominator
+                if step == 0:
+                    del numerator
+                    grad_numerator = accumulate(grad_numerator, scaled)  # dL/dN, complete
+                    if need_x:  # dL/dX = K(dL/dN)
+                        grad_x = ops.correlate(grad_numerator).to(x.dtype).contiguous(memory_format=memory_format_of(x))
+                    if need_filters:
+                        grad_filters_total = accumulate(grad_filters_total,
+                                                        ops.filter_grad_of_adjoint(observed, grad_numerator))
+                    del grad_numerator
+                else:  # the sum over updates keeps its own buffer, since u's is overwritten next
+                    grad_numerator = scaled.clone() if grad_numerator is None else grad_numerator.add_(scaled)
+                grad_denominator = scaled.mul_(ratio).neg_()  # dL/dD_t = -u * q, in u's buffer
                 del scaled
                 need_chain = need_source or step > 0
                 if need_chain or need_filters:
@@ -234,12 +246,8 @@ class RecomputedNDC(torch.autograd.Function):
                     del grad_reconstruction
                 del ratio
 
-            grad_x = grad_source = grad_filters = None
-            if need_x:
-                grad_x = ops.correlate(grad_numerator).to(x.dtype).contiguous(memory_format=memory_format_of(x))
             if need_source:
                 grad_source = grad.to(source.dtype).contiguous(memory_format=memory_format_of(source))
             if need_filters:
-                grad_filters_total.add_(ops.filter_grad_of_adjoint(observed, grad_numerator))
                 grad_filters = ops.filter_grad(grad_filters_total).to(filters.dtype)
         return grad_x, grad_source, grad_filters, None, None, None, None
