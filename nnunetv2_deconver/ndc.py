@@ -21,8 +21,8 @@ from torch import nn
 from nnunetv2_deconver.ndc_autograd import _CHANNELS_LAST, _CONV, _CONV_T, RecomputedNDC, memory_format_of
 from nnunetv2_deconver.precision import autocast_disabled
 
-__all__ = ["nonnegative_deconvolution", "NDC", "IMPLEMENTATIONS", "CHANNELS_LAST_MIN_VOXELS", "select_implementation",
-           "compute_layout", "force_implementation"]
+__all__ = ["nonnegative_deconvolution", "NDC", "IMPLEMENTATIONS", "CHANNELS_LAST_MIN_VOXELS", "NAIVE_2D_FROM",
+           "select_implementation", "compute_layout", "force_implementation"]
 
 IMPLEMENTATIONS = ("naive", "recompute", "channels_last")
 _forced = threading.local()
@@ -53,17 +53,21 @@ def _check_shapes(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, 
 # Smallest spatial size (voxels per sample) from which channels-last is faster than naive on the CPU
 # at every channel count measured (benchmarks/ndc_layer.py --dispatch, docs/performance.md); below
 # it the per-call costs of the layout change and of the oneDNN primitives dominate.
-CHANNELS_LAST_MIN_VOXELS = {2: 32 ** 2, 3: 8 ** 3}
+CHANNELS_LAST_MIN_VOXELS = {2: 8 ** 2, 3: 4 ** 3}
+# 2D maps at least this wide (channels) and this large (voxels) run as fast in the default layout
+# (naive / channels-last 0.89-1.10 measured at 512 channels, 64^2-128^2): they stay naive.
+NAIVE_2D_FROM = (512, 64 ** 2)
 
 
 def select_implementation(x: torch.Tensor, device_type: Optional[str] = None) -> str:
     """The default path for an observed map ``x`` (its shape and device; ``device_type`` overrides the latter).
 
     On the CPU: ``"channels_last"`` for 2D/3D maps of at least ``CHANNELS_LAST_MIN_VOXELS``, where the
-    grouped convolutions run several times faster than in the default layout (about 10x at the first
-    BraTS stage); ``"naive"`` for smaller maps, where it is as fast and the memory is negligible.
-    Elsewhere (GPU): ``"recompute"``, which runs the very kernels of the naive composition and keeps a
-    third of its activations for backward. Inside :func:`force_implementation` the forced path.
+    layer's forward+backward runs 1.1-4x faster than naive (2.9x at the first BraTS stage, 64^3), except
+    for the wide, large 2D maps of ``NAIVE_2D_FROM``; ``"naive"`` otherwise, where it is at least as
+    fast and the memory is negligible. Elsewhere (GPU): ``"recompute"``, which runs the very kernels of
+    the naive composition and keeps a third of its activations for backward. Inside
+    :func:`force_implementation` the forced path.
     """
     forced = getattr(_forced, "name", None)
     if forced is not None:
@@ -71,9 +75,12 @@ def select_implementation(x: torch.Tensor, device_type: Optional[str] = None) ->
     device_type = device_type or x.device.type
     dim = x.dim() - 2
     if device_type == "cpu":
-        if dim in CHANNELS_LAST_MIN_VOXELS and math.prod(x.shape[2:]) >= CHANNELS_LAST_MIN_VOXELS[dim]:
-            return "channels_last"
-        return "naive" if dim in CHANNELS_LAST_MIN_VOXELS else "recompute"
+        if dim not in CHANNELS_LAST_MIN_VOXELS:
+            return "recompute"
+        voxels = math.prod(x.shape[2:])
+        if dim == 2 and x.shape[1] >= NAIVE_2D_FROM[0] and voxels >= NAIVE_2D_FROM[1]:
+            return "naive"
+        return "channels_last" if voxels >= CHANNELS_LAST_MIN_VOXELS[dim] else "naive"
     return "recompute"
 
 
