@@ -1,10 +1,13 @@
 """Timing and memory helpers shared by the benchmark scripts (median timings, peak memory, machine info)."""
+import json
 import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
-from typing import Callable, Dict, List
+import warnings
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -27,23 +30,17 @@ def median(values: List[float]) -> float:
     return statistics.median(values)
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 class PeakMemory:
-    """Peak memory of a block: ``torch.cuda.max_memory_allocated`` on a GPU, else the peak resident set.
+    """Peak memory a block allocates: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the same
+    quantity from the profiler's memory timeline (the peak of live tensor bytes), since the CPU allocator
+    keeps no statistics and the resident set also counts pages glibc keeps after a free.
 
-    On the CPU the kernel's high-water mark (VmHWM) is reset through ``/proc/self/clear_refs`` first,
-    so the figure is the block's own peak RSS, minus the RSS on entry (bytes the block added).
+    Both are the peak minus what was allocated on entry: the bytes the block itself added at its peak.
+    ``categories`` (CPU only) splits the peak by the profiler's categories (activations, gradients, ...).
     """
 
     def __init__(self, device: torch.device):
-        self.device, self.bytes = device, 0
+        self.device, self.bytes, self.categories = device, 0, {}
 
     def __enter__(self):
         if self.device.type == "cuda":
@@ -51,21 +48,37 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
         else:
-            try:
-                with open("/proc/self/clear_refs", "w") as refs:
-                    refs.write("5")
-            except OSError:
-                pass
-            self.base = _status_kib("VmRSS") * 1024
+            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                                   profile_memory=True, record_shapes=True, with_stack=True)
+            self.profiler.__enter__()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self.base
-        else:
-            self.bytes = _status_kib("VmHWM") * 1024 - self.base
+            return False
+        self.profiler.__exit__(*exc)
+        if exc[0] is None:
+            self.bytes, self.categories = _timeline_peak(self.profiler)
         return False
+
+
+def _timeline_peak(profiler) -> Tuple[int, Dict[str, int]]:
+    """Peak of the profiler's CPU memory timeline over its start, and the split of that peak by category."""
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the timeline export is deprecated in favour of CUDA tools
+        path = os.path.join(folder, "timeline.json")
+        profiler.export_memory_timeline(path, device="cpu")
+        with open(path) as f:
+            _, sizes = json.load(f)
+    totals = [sum(row) for row in sizes]
+    peak = max(range(len(totals)), key=totals.__getitem__)
+    from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX
+    names = {index + 1: ("unknown" if category is None else category.name.lower())
+             for category, index in _CATEGORY_TO_INDEX.items()}
+    categories = {names[i]: int(v) for i, v in enumerate(sizes[peak]) if i in names and v}
+    return int(totals[peak] - totals[0]), categories
 
 
 def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude=()) -> int:

@@ -141,8 +141,8 @@ def main(argv=None) -> int:
     print(f"# torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"threads {torch.get_num_threads()}, device {device}; plan: features {FEATURES}, strides {STRIDES}, "
           f"patch {PATCH}, batch 2", flush=True)
-    header = f"| network | params base | + DTC params | GFLOPs base | + DTC GFLOPs (conv + grid_sample) | " \
-             f"step base (s) | step DTC (s) | overhead |"
+    header = "| network | params base | + DTC params | GFLOPs base | + DTC GFLOPs (conv + grid_sample) | " \
+             "step base (s) | step DTC (s) | overhead |"
     rows = [header, "|" + "---|" * 8]
     for name, build in (("PlainConvUNet", plain_unet), ("Deconver", deconver)):
         torch.manual_seed(0)

@@ -42,36 +42,48 @@ def operands(channels: int, size: int, ratio: int, device: torch.device, dim: in
 
 
 def measure(channels, size, ratio, device, implementations, repeats, naive_repeats, compile_fast):
+    """Rows keyed by path. A channels-last path is timed twice: with the operands in the default layout
+    (the layout changes are part of its cost) and with them already channels-last, as the Deconv mixer
+    delivers them inside the network (rows ``... (channels-last operands)``)."""
     x, source, filters, grad = operands(channels, size, ratio, device)
     groups = channels
-    calls = {name: (lambda name=name: nonnegative_deconvolution(x, source, filters, groups, implementation=name))
-             for name in implementations}
+    cases = {name: (name, (x, source, filters), grad) for name in implementations}
+    if "channels_last" in implementations:
+        layout = torch.channels_last_3d
+        moved = [t.detach().contiguous(memory_format=layout).requires_grad_() for t in (x, source)]
+        cases["channels_last (channels-last operands)"] = ("channels_last", (*moved, filters),
+                                                           grad.contiguous(memory_format=layout))
+    calls = {label: (lambda name=name, tensors=tensors: nonnegative_deconvolution(*tensors, groups,
+                                                                                   implementation=name))
+             for label, (name, tensors, _) in cases.items()}
     if compile_fast:
         fast = implementations[-1]
-        compiled = torch.compile(lambda: nonnegative_deconvolution(x, source, filters, groups, implementation=fast))
-        calls[f"{fast}+compile"] = compiled
+        calls[f"{fast}+compile"] = torch.compile(
+            lambda: nonnegative_deconvolution(x, source, filters, groups, implementation=fast))
+        cases[f"{fast}+compile"] = (fast, (x, source, filters), grad)
 
-    def forward_backward(call):
-        for tensor in (x, source, filters):
+    def forward_backward(label):
+        tensors, gradient = cases[label][1], cases[label][2]
+        for tensor in tensors:
             tensor.grad = None
-        call().backward(grad)
+        calls[label]().backward(gradient)
 
-    for call in calls.values():  # warm-up (and compilation)
-        forward_backward(call)
-    times = {name: {"fwd": [], "fwd+bwd": []} for name in calls}
+    for label in calls:  # warm-up (and compilation)
+        forward_backward(label)
+    times = {label: {"fwd": [], "fwd+bwd": []} for label in calls}
     for run in range(repeats):
-        for name, call in calls.items():
-            if name == "naive" and run >= naive_repeats:
+        for label, call in calls.items():
+            if label == "naive" and run >= naive_repeats:
                 continue
-            times[name]["fwd"].append(timed(call, device))
-            times[name]["fwd+bwd"].append(timed(lambda: forward_backward(call), device))
+            times[label]["fwd"].append(timed(call, device))
+            times[label]["fwd+bwd"].append(timed(lambda: forward_backward(label), device))
     rows = {}
-    for name, call in calls.items():
+    for label, call in calls.items():
         saved = saved_tensor_bytes(call, exclude=(filters,))
         with PeakMemory(device) as peak:
-            forward_backward(call)
-        rows[name] = dict(fwd=median(times[name]["fwd"]), fwd_bwd=median(times[name]["fwd+bwd"]),
-                          runs=len(times[name]["fwd"]), saved=saved, peak=peak.bytes)
+            forward_backward(label)
+        rows[label] = dict(fwd=median(times[label]["fwd"]), fwd_bwd=median(times[label]["fwd+bwd"]),
+                           runs=len(times[label]["fwd"]), saved=saved, peak=peak.bytes)
     out = torch.empty_like(source)
     copy_time = median([timed(lambda: out.copy_(source), device) for _ in range(max(repeats, 5))])
     bandwidth = 2 * source.numel() * source.element_size() / copy_time

@@ -122,9 +122,10 @@ def settings(args, device):
     return patch, batch
 
 
-def measure_memory(name: str, phase: str, args) -> int:
-    """Peak memory of one training step (after one warm-up step) or one inference, in a fresh process, so
-    that neither the other network nor the other phase leaves freed pages behind that hide its peak."""
+def measure_memory(name: str, phase: str, args):
+    """Peak memory of one training step (after one warm-up step) or one inference, and on the CPU its split
+    by profiler category, in a fresh process, so that neither the other network nor the other phase
+    leaves tensors behind that change its peak."""
     device = torch.device(args.device)
     patch, batch = settings(args, device)
     arch = plan_arch(args.stages)
@@ -134,13 +135,13 @@ def measure_memory(name: str, phase: str, args) -> int:
         trainer.step()
         with PeakMemory(device) as peak:
             trainer.step()
-        return peak.bytes
+        return peak.bytes, peak.categories
     predictor = predictor_for(build(name, arch, False).to(device).eval(), device, patch,
                               0.5 if device.type == "cuda" else 1.0)
     image = torch.rand(INPUT_CHANNELS, *(2 * p for p in patch))
     with PeakMemory(device) as peak:
         predictor.predict_sliding_window_return_logits(image)
-    return peak.bytes
+    return peak.bytes, peak.categories
 
 
 def main(argv=None) -> int:
@@ -184,16 +185,17 @@ def main(argv=None) -> int:
         for name in names:
             train[name].append(timed(trainers[name].step, device))
             if name in predictors:
-                infer[name].append(timed(lambda: predictors[name].predict_sliding_window_return_logits(image),
-                                         device))
+                infer[name].append(timed(lambda predictor=predictors[name]:
+                                         predictor.predict_sliding_window_return_logits(image), device))
     del trainers, predictors
     memory = {name: {} for name in names}
+    splits = {name: {} for name in names}
     for name in names:
         for phase in ("train", "infer") if name in inferred else ("train",):
             command = [sys.executable, __file__, "--memory-of", f"{name}:{phase}", "--device", args.device,
                        "--stages", str(args.stages), "--patch", str(patch[0]), "--batch", str(batch)]
             result = subprocess.run(command, capture_output=True, text=True, check=True)
-            memory[name][phase] = json.loads(result.stdout.strip().splitlines()[-1])
+            memory[name][phase], splits[name][phase] = json.loads(result.stdout.strip().splitlines()[-1])
     params = {name: sum(p.numel() for p in build(name, arch, False).parameters()) for name in names}
     print("| network | params (M) | train step s | train ratio | train peak MiB | inference s | inference ratio "
           "| inference peak MiB |")
@@ -208,6 +210,11 @@ def main(argv=None) -> int:
         else:
             row += "| as Deconver | | |"
         print(row)
+    for name in names:
+        for phase, split in splits[name].items():
+            if split:
+                parts = ", ".join(f"{category} {mib(size)}" for category, size in split.items())
+                print(f"# {name} {phase}: at the peak, live tensors by profiler category (MiB): {parts}")
     print(f"# inference: sliding window over a {tuple(2 * p for p in patch)} image, tile step {step_size}")
     return 0
 

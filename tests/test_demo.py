@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from nnunetv2_deconver.synthetic import make_case
 

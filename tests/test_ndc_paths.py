@@ -1,5 +1,4 @@
 """Every NDC implementation against the naive composition: values, gradients, precision, memory, dispatch."""
-import itertools
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """nnU-Net's DDP path for the Deconver trainers, on CPU: two processes (gloo) wrap the network that
 the trainer's ``build_network_architecture`` builds in ``DistributedDataParallel`` and train."""
-import os
 import socket
 from types import SimpleNamespace
 
