@@ -55,9 +55,9 @@ class DeconverBlock(nn.Module):
     Norm is InstanceNorm without affine parameters; no layer scale, no drop path.
 
     With ``checkpoint = True`` a training forward keeps only the block's input for backward and runs the
-    block again during backward (``torch.utils.checkpoint``): the same values and gradients for about a
-    third more compute, and a block's activations (about 22 C values per voxel) are held one block at
-    a time instead of for every block of the network.
+    block again during backward (``torch.utils.checkpoint``): the same values and gradients, a training
+    step about a fifth slower (CPU, docs/performance.md), and a block's activations (about 22 C values per
+    voxel) held one block at a time instead of for every block of the network.
     """
     checkpoint = False
 

@@ -63,7 +63,8 @@ def select_implementation(x: torch.Tensor, device_type: Optional[str] = None) ->
     """The default path for an observed map ``x`` (its shape and device; ``device_type`` overrides the latter).
 
     On the CPU: ``"channels_last"`` for 2D/3D maps of at least ``CHANNELS_LAST_MIN_VOXELS``, where the
-    layer's forward+backward runs 1.1-4x faster than naive (2.9x at the first BraTS stage, 64^3), except
+    layer's forward+backward runs 1.05-4.3x faster than naive (at the first BraTS stage, 64^3: 2.0x with the
+    operands in the default layout, 3.3x with them channels-last as the Deconv mixer passes them), except
     for the wide, large 2D maps of ``NAIVE_2D_FROM``; ``"naive"`` otherwise, where it is at least as
     fast and the memory is negligible. Elsewhere (GPU): ``"recompute"``, which runs the very kernels of
     the naive composition and keeps a third of its activations for backward. Inside
@@ -185,7 +186,7 @@ class NDC(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         implementation = select_implementation(x)
         caller_layout = memory_format_of(x)
-        layout = compute_layout(x)
+        layout = _CHANNELS_LAST.get(x.dim() - 2) if implementation == "channels_last" else None
         if layout is not None:
             # Converting the C-channel input once makes the projection emit S0 channels-last, which spares
             # the update (and its backward) three conversions of R*C-channel tensors.

@@ -3,6 +3,6 @@ from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconv
 
 class nnUNetTrainerDeconverCheckpointed(nnUNetTrainerDeconver):
     """Deconver with activation checkpointing of every block: the same network and gradients with a
-    fraction of the activation memory, for a larger patch or batch on the same GPU, at about a third
-    more compute per step (``docs/performance.md``)."""
+    fraction of the activation memory, for a larger patch or batch on the same GPU, with each block run
+    twice per step (about a fifth slower on the CPU, ``docs/performance.md``)."""
     checkpoint_blocks = True
