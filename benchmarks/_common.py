@@ -81,23 +81,6 @@ def _timeline_peak(profiler) -> Tuple[int, Dict[str, int]]:
     return int(totals[peak] - totals[0]), categories
 
 
-def saved_tensor_bytes(fn: Callable[[], torch.Tensor], exclude=()) -> int:
-    """Bytes of distinct storages autograd saves for backward while ``fn`` runs, those of ``exclude``
-    (parameters, which are not activations) left out."""
-    storages: Dict[int, int] = {}
-    skip = {tensor.untyped_storage().data_ptr() for tensor in exclude}
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in skip:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        fn()
-    return sum(storages.values())
-
-
 def machine_description(device: torch.device) -> str:
     cpu = platform.processor() or platform.machine()
     try:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
-from nnunetv2_deconver.dtc import DeformableTransposedConv
+from nnunetv2_deconver.ops.dtc import DeformableTransposedConv
 from nnunetv2_deconver.network import Deconver
 
 FEATURES = [16, 32, 64, 128]
@@ -109,7 +109,7 @@ def layer_breakdown(device: torch.device, repeats: int) -> str:
     x = torch.randn(2, channels_in, *size_in, device=device, requires_grad=True)
     features = layer.features(x).detach().requires_grad_()
     offsets, weights = (t.detach().requires_grad_() for t in layer.offsets_and_weights(x))
-    from nnunetv2_deconver.dtc import deformable_sample
+    from nnunetv2_deconver.ops.dtc import deformable_sample
     parts = {
         "base transposed conv": lambda: layer.base(x).sum().backward(),
         "feature 1x1 conv": lambda: layer.features(x).sum().backward(),

@@ -20,9 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import PeakMemory, machine_description, median, mib, saved_tensor_bytes, timed  # noqa: E402
-from nnunetv2_deconver.ndc import nonnegative_deconvolution, select_implementation  # noqa: E402
-from nnunetv2_deconver.presets import PAPER_PRESETS, paper_widths  # noqa: E402
+from _common import PeakMemory, machine_description, median, mib, timed  # noqa: E402
+from nnunetv2_deconver.network.costs import saved_tensor_bytes  # noqa: E402
+from nnunetv2_deconver.ops.ndc import nonnegative_deconvolution  # noqa: E402
+from nnunetv2_deconver.ops.ndc_dispatch import select_implementation  # noqa: E402
+from nnunetv2_deconver.network.presets import PAPER_PRESETS, paper_widths  # noqa: E402
 
 
 def brats_geometries(first_size: int):

@@ -8,9 +8,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_deconver.network import Deconver
-from nnunetv2_deconver.plans import (check_patch_divisible, deconver_kwargs_from_configuration, plans_file_of,
+from nnunetv2_deconver.nnunet.plans import (check_patch_divisible, deconver_kwargs_from_configuration, plans_file_of,
                                      replace_kernel)
-from nnunetv2_deconver.schedule import WarmupCosineLRScheduler
+from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
 
 
 class nnUNetTrainerDeconver(nnUNetTrainer):

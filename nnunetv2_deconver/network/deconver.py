@@ -1,0 +1,250 @@
+"""The Deconver U-Net (paper Sec. III-C, Fig. 1), constructed from the topology of an nnU-Net plan."""
+import pydoc
+from typing import List, Optional, Sequence, Tuple, Type, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnunetv2_deconver.network.blocks import DeconverBlock
+from nnunetv2_deconver.ops.by_dimension import CONV_TRANSPOSED
+from nnunetv2_deconver.ops.dtc import DeformableTransposedConv
+
+__all__ = ["Deconver", "DeconverEncoder", "DeconverDecoder", "stride_divisor"]
+
+IntOrSeq = Union[int, Sequence[int]]
+
+_UPSAMPLE = ("transposed", "dtc")
+_DIM = {nn.Conv2d: 2, nn.Conv3d: 3}
+
+
+def _per_axis(value: IntOrSeq, dim: int, name: str) -> Tuple[int, ...]:
+    value = (value,) * dim if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
+    if len(value) != dim:
+        raise ValueError(f"{name} must have {dim} entries (one per spatial axis), got {value}")
+    return value
+
+
+def _per_stage(value, n_stages: int, name: str) -> list:
+    value = [value] * n_stages if isinstance(value, (int, np.integer)) or value is None else list(value)
+    if len(value) != n_stages:
+        raise ValueError(f"{name} needs one entry per stage ({n_stages}), got {len(value)}: {value}")
+    return value
+
+
+def stride_divisor(strides: Sequence[Sequence[int]]) -> Tuple[int, ...]:
+    """Per axis, the product of every stage's stride: each patch axis must be a multiple of it."""
+    return tuple(int(v) for v in np.prod(np.array(strides, dtype=np.int64), axis=0))
+
+
+def _at_least(value, minimum: int, name: str) -> None:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum for v in values):
+        raise ValueError(f"{name} must be integers >= {minimum}, got {value}")
+
+
+def _stage(blocks: int, channels: int, kernel: Tuple[int, ...], groups, block_kwargs: dict) -> List[nn.Module]:
+    return [DeconverBlock(channels, kernel, groups=groups, **block_kwargs) for _ in range(blocks)]
+
+
+class DeconverEncoder(nn.Module):
+    """Stem (one conv, no bias) then, per further stage, a strided conv (kernel = stride, with bias).
+
+    Each stage ends in ``n_blocks_per_stage`` Deconver blocks. ``forward`` returns every stage's
+    output, highest resolution first (the skips).
+    """
+
+    def __init__(self, input_channels: int, features_per_stage: Sequence[int], conv_op: Type[nn.Module],
+                 kernel_sizes: Sequence[Tuple[int, ...]], strides: Sequence[Tuple[int, ...]],
+                 n_blocks_per_stage: Sequence[int], stem_kernel_size: Tuple[int, ...], groups: Sequence,
+                 block_kwargs: dict):
+        super().__init__()
+        stem_padding = tuple(k // 2 for k in stem_kernel_size)
+        stages = [nn.Sequential(conv_op(input_channels, features_per_stage[0], stem_kernel_size,
+                                        padding=stem_padding, bias=False),
+                                *_stage(n_blocks_per_stage[0], features_per_stage[0], kernel_sizes[0], groups[0],
+                                        block_kwargs))]
+        for s in range(1, len(features_per_stage)):
+            stages.append(nn.Sequential(
+                conv_op(features_per_stage[s - 1], features_per_stage[s], strides[s], stride=strides[s], bias=True),
+                *_stage(n_blocks_per_stage[s], features_per_stage[s], kernel_sizes[s], groups[s], block_kwargs)))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        skips = []
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        return skips
+
+
+class DeconverDecoder(nn.Module):
+    """Per stage: transposed conv (kernel = stride) to the skip's width, concat ``[skip, up]``,
+    1x1 conv 2C -> C (no bias), Deconver blocks; a 1x1 head (``seg_layers``) per stage.
+
+    With ``deep_supervision`` the forward returns one logit map per decoder stage, highest
+    resolution first (nnU-Net's convention); otherwise only the full-resolution map.
+    With ``upsample="dtc"`` each transposed conv is the base of a :class:`DeformableTransposedConv`
+    (keys ``transpconvs.{d}.base.*``, ``.features.*``, ``.coordinates.*``).
+    """
+
+    def __init__(self, features_per_stage: Sequence[int], conv_op: Type[nn.Module],
+                 kernel_sizes: Sequence[Tuple[int, ...]], strides: Sequence[Tuple[int, ...]],
+                 n_blocks_per_stage_decoder: Sequence[int], num_classes: int, deep_supervision: bool,
+                 groups: Sequence, block_kwargs: dict, upsample: str = "transposed",
+                 dtc_receptive_field: Optional[float] = 2.0):
+        super().__init__()
+        self.deep_supervision = deep_supervision
+        transposed = CONV_TRANSPOSED[_DIM[conv_op]]
+        up, fuse, stages, heads = [], [], [], []
+        # decoder stage d produces the resolution of encoder stage s = n_stages - 2 - d
+        for d, s in enumerate(reversed(range(len(features_per_stage) - 1))):
+            c_skip = features_per_stage[s]
+            conv = transposed(features_per_stage[s + 1], c_skip, strides[s + 1], stride=strides[s + 1], bias=True)
+            up.append(conv if upsample == "transposed" else
+                      DeformableTransposedConv.wrap(conv, receptive_field=dtc_receptive_field))
+            fuse.append(conv_op(2 * c_skip, c_skip, 1, bias=False))
+            stages.append(nn.Sequential(*_stage(n_blocks_per_stage_decoder[d], c_skip, kernel_sizes[s], groups[s],
+                                                block_kwargs)))
+            heads.append(conv_op(c_skip, num_classes, 1, bias=True))
+        self.transpconvs = nn.ModuleList(up)
+        self.fuse = nn.ModuleList(fuse)
+        self.stages = nn.ModuleList(stages)
+        self.seg_layers = nn.ModuleList(heads)
+
+    def forward(self, skips: List[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
+        x = skips[-1]
+        outputs = []
+        for d in range(len(self.stages)):
+            x = self.transpconvs[d](x)
+            x = self.stages[d](self.fuse[d](torch.cat((skips[-(d + 2)], x), dim=1)))
+            if self.deep_supervision:
+                outputs.append(self.seg_layers[d](x))
+        if not self.deep_supervision:
+            return self.seg_layers[-1](x)
+        return outputs[::-1]  # highest resolution first
+
+
+class Deconver(nn.Module):
+    """Deconver, built from an nnU-Net plan's topology.
+
+    Args:
+        input_channels, num_classes: as nnU-Net passes them.
+        n_stages: resolution stages (encoder depth L).
+        features_per_stage: channels per stage (the paper uses ``min(C0 * 2**l, 512)``).
+        conv_op: ``nn.Conv2d`` or ``nn.Conv3d`` (or its dotted name).
+        kernel_sizes: per stage, per axis; the NDC filter size of that stage (odd).
+        strides: per stage, per axis; ``strides[0]`` must be 1 (the stem keeps full resolution).
+            Down-sampling convs and up-sampling transposed convs use the stage's stride as kernel and stride.
+        deep_supervision: return one output per decoder stage, highest resolution first.
+        ndc_ratio: source channel ratio R. ndc_groups: NDC groups G (None: one per channel).
+        mlp_ratio: MLP expansion alpha. n_blocks_per_stage(_decoder): Deconver blocks per stage.
+        ndc_eps, ndc_iterations: the update's epsilon and iteration count.
+        stem_kernel_size: the stem conv's kernel (None: ``kernel_sizes[0]``).
+        upsample: ``"transposed"`` (the paper's transposed convs) or ``"dtc"`` (each wrapped as the base
+            of a deformable transposed convolution, see :mod:`nnunetv2_deconver.ops.dtc`).
+        dtc_receptive_field: DTC's receptive field in input pixels per axis (None: unrestricted).
+        checkpoint_blocks: recompute each Deconver block in backward instead of keeping its activations
+            (activation checkpointing; same values, less memory, more compute; see ``DeconverBlock``).
+    """
+
+    def __init__(self, input_channels: int, n_stages: int, features_per_stage: IntOrSeq, conv_op,
+                 kernel_sizes, strides, num_classes: int, deep_supervision: bool = False,
+                 ndc_ratio: int = 4, ndc_groups: int = None, mlp_ratio: int = 4,
+                 n_blocks_per_stage: IntOrSeq = 1, n_blocks_per_stage_decoder: IntOrSeq = 1,
+                 ndc_eps: float = 1e-8, ndc_iterations: int = 1, stem_kernel_size: IntOrSeq = None,
+                 upsample: str = "transposed", dtc_receptive_field: Optional[float] = 2.0,
+                 checkpoint_blocks: bool = False):
+        super().__init__()
+        if upsample not in _UPSAMPLE:
+            raise ValueError(f"upsample must be one of {_UPSAMPLE}, got {upsample!r}")
+        if isinstance(conv_op, str):
+            conv_op = pydoc.locate(conv_op)
+        if conv_op not in _DIM:
+            raise ValueError(f"conv_op must be torch.nn.Conv2d or torch.nn.Conv3d, got {conv_op}")
+        dim = _DIM[conv_op]
+        _at_least(n_stages, 2, "n_stages")
+        _at_least(input_channels, 1, "input_channels")
+        _at_least(num_classes, 1, "num_classes")
+        features_per_stage = _per_stage(features_per_stage, n_stages, "features_per_stage")
+        _at_least(features_per_stage, 1, "features_per_stage")
+        kernel_sizes = [_per_axis(k, dim, "kernel size") for k in _per_stage(kernel_sizes, n_stages, "kernel_sizes")]
+        strides = [_per_axis(s, dim, "stride") for s in _per_stage(strides, n_stages, "strides")]
+        bad = [k for k in kernel_sizes if any(v < 1 or v % 2 == 0 for v in k)]
+        if bad:
+            raise ValueError(f"Deconver's NDC filters need odd kernel sizes on every axis; the plan has {bad}. "
+                             f"Use kernel sizes such as 3, 5 or (1, 3, 3).")
+        _at_least([v for s in strides for v in s], 1, "strides")
+        if any(v != 1 for v in strides[0]):
+            raise ValueError(f"strides[0] must be 1 on every axis (the stem keeps full resolution), got {strides[0]}")
+        stem_kernel_size = kernel_sizes[0] if stem_kernel_size is None else _per_axis(stem_kernel_size, dim, "stem")
+        _at_least(list(stem_kernel_size), 1, "stem_kernel_size")
+        _at_least(ndc_ratio, 1, "ndc_ratio")
+        _at_least(mlp_ratio, 1, "mlp_ratio")
+        groups = _per_stage(ndc_groups, n_stages, "ndc_groups")
+        for c, g in zip(features_per_stage, groups):
+            if g is not None and (isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 1 or c % g):
+                raise ValueError(f"ndc_groups={g} must be a positive integer dividing every stage's width; "
+                                 f"{c} is not divisible")
+        self.strides = strides
+        self.kernel_sizes = kernel_sizes
+        self.features_per_stage = features_per_stage
+        self.ndc_ratio, self.mlp_ratio = ndc_ratio, mlp_ratio
+        self.n_blocks_per_stage = _per_stage(n_blocks_per_stage, n_stages, "n_blocks_per_stage")
+        self.n_blocks_per_stage_decoder = _per_stage(n_blocks_per_stage_decoder, n_stages - 1,
+                                                     "n_blocks_per_stage_decoder")
+        _at_least(self.n_blocks_per_stage + self.n_blocks_per_stage_decoder, 0, "n_blocks_per_stage(_decoder)")
+        self.stem_kernel_size = stem_kernel_size
+        self.upsample = upsample
+        common = dict(ratio=ndc_ratio, mlp_ratio=mlp_ratio, eps=ndc_eps, iterations=ndc_iterations)
+        self.encoder = DeconverEncoder(input_channels, features_per_stage, conv_op, kernel_sizes, strides,
+                                       self.n_blocks_per_stage, stem_kernel_size, groups, common)
+        self.decoder = DeconverDecoder(features_per_stage, conv_op, kernel_sizes, strides,
+                                       self.n_blocks_per_stage_decoder, num_classes, deep_supervision, groups, common,
+                                       upsample, dtc_receptive_field)
+        self.checkpoint_blocks = checkpoint_blocks
+        for block in self.modules():
+            if isinstance(block, DeconverBlock):
+                block.checkpoint = checkpoint_blocks
+
+    @property
+    def divisor(self) -> Tuple[int, ...]:
+        """What every input patch size must be divisible by, per axis (the product of all strides)."""
+        return stride_divisor(self.strides)
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
+        spatial = tuple(x.shape[2:])
+        if len(spatial) != len(self.divisor) or any(s % d for s, d in zip(spatial, self.divisor)):
+            raise ValueError(f"Deconver input of spatial size {spatial} is not divisible by the product of the "
+                             f"strides {self.divisor} on every axis; use a patch size that is a multiple of it")
+        return self.decoder(self.encoder(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Elements of the feature maps the layers write for one sample of ``input_size``.
+
+        nnU-Net's planner uses this as a VRAM proxy. Per Deconver block of width C at a resolution
+        of V voxels: norm C, projection C, source R*C, NDC output R*C, projection C, norm C, MLP
+        hidden alpha*C, MLP output C, so (5 + 2R + alpha) * C * V; plus the stride convs, fusions
+        and heads; with DTC, per up-sampling its feature branch (C at the coarse size), coordinates
+        (2 * dim at the fine size) and sampled features (C at the fine size).
+        """
+        size = np.array(input_size, dtype=np.int64)
+        per_block = 5 + 2 * self.ndc_ratio + self.mlp_ratio
+        total, sizes = 0, []
+        for s, c in enumerate(self.features_per_stage):
+            size = size // np.array(self.strides[s])
+            sizes.append(int(np.prod(size)))
+            total += c * sizes[s] * (1 + per_block * self.n_blocks_per_stage[s])  # stride conv + blocks
+        n_classes = self.decoder.seg_layers[0].out_channels
+        for d, s in enumerate(reversed(range(len(self.features_per_stage) - 1))):
+            c = self.features_per_stage[s]
+            total += sizes[s] * (2 * c + per_block * c * self.n_blocks_per_stage_decoder[d] + n_classes)
+            if self.upsample == "dtc":
+                total += c * sizes[s + 1] + (2 * len(size) + c) * sizes[s]
+        return int(total)
+
+    @staticmethod
+    def initialize(module: nn.Module) -> None:
+        """nnU-Net applies this to every module: Deconver keeps torch's default (Kaiming-uniform) init."""
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()

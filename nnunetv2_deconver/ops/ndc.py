@@ -1,0 +1,160 @@
+"""Nonnegative deconvolution (NDC): the multiplicative update of the Deconver paper, eqs. (3) and (7).
+
+The math lives in :func:`nonnegative_deconvolution`; :class:`NDC` is the learnable layer that holds the
+initial-source projection and the filter.
+
+Three implementations compute the same update (see ``IMPLEMENTATIONS``): the naive composition of
+``conv``/``conv_transpose`` (the reference, twice differentiable), and the memory-lean custom autograd
+function of :mod:`nnunetv2_deconver.ops.ndc_autograd` in the inputs' layout (``"recompute"``) or in the
+channels-last layout (``"channels_last"``). :func:`select_implementation` is the default dispatch;
+:func:`force_implementation` overrides it, e.g. to run a whole network through one path.
+"""
+import math
+import numbers
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV, CONV_FN, CONV_TRANSPOSED_FN
+from nnunetv2_deconver.ops.ndc_autograd import RecomputedNDC, memory_format_of
+from nnunetv2_deconver.ops.ndc_dispatch import IMPLEMENTATIONS, select_implementation
+from nnunetv2_deconver.ops.precision import autocast_disabled
+
+__all__ = ["nonnegative_deconvolution", "NDC", "check_update_options"]
+
+
+
+def _check_shapes(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int) -> Tuple[int, ...]:
+    """Validate the three operands; return the filter's kernel size. Raises ValueError naming the sizes."""
+    if x.dim() not in (3, 4, 5):
+        raise ValueError(f"x must be (B, C, *spatial) with 1, 2 or 3 spatial dims, got shape {tuple(x.shape)}")
+    if source.dim() != x.dim() or filters.dim() != x.dim():
+        raise ValueError(f"x, source and filters must have the same number of dims, got shapes {tuple(x.shape)}, "
+                         f"{tuple(source.shape)} and {tuple(filters.shape)}")
+    b, c, *spatial = x.shape
+    sb, e, *source_spatial = source.shape
+    if sb != b or source_spatial != spatial:
+        raise ValueError(f"source {tuple(source.shape)} must match x {tuple(x.shape)} in batch and spatial size")
+    if groups < 1 or c % groups or e % groups:
+        raise ValueError(f"groups={groups} must divide both the observed channels C={c} and the source channels E={e}")
+    kernel = tuple(filters.shape[2:])
+    if tuple(filters.shape[:2]) != (c, e // groups):
+        raise ValueError(f"filters must have shape (C, E // groups, *kernel) = ({c}, {e // groups}, ...), "
+                         f"got {tuple(filters.shape)}")
+    if any(k % 2 == 0 for k in kernel):
+        raise ValueError(f"the NDC filter needs an odd kernel size on every axis, got {kernel}")
+    return kernel
+
+
+def check_update_options(eps: float, iterations: int, zero_eps_allowed: bool = False) -> None:
+    """Raise ValueError unless ``eps`` is a finite number > 0 (>= 0 with ``zero_eps_allowed``) and
+    ``iterations`` an integer >= 1.
+
+    ``eps`` keeps the ratio of eq. (7) finite where a reconstruction is zero: a layer trained with 0 meets
+    0/0 and its loss turns NaN. The function alone admits 0, the setting of Theorem 1, for strictly
+    positive operands.
+    """
+    smallest_ok = (lambda e: e >= 0) if zero_eps_allowed else (lambda e: e > 0)
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or not smallest_ok(eps):
+        bound = ">= 0" if zero_eps_allowed else "> 0"
+        raise ValueError(f"NDC eps must be a finite number {bound} (the paper's is 1e-8), got {eps!r}")
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
+        raise ValueError(f"NDC iterations must be an integer >= 1, got {iterations!r}")
+
+
+def _naive_update(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int, eps: float,
+                  iterations: int, kernel: Tuple[int, ...]) -> torch.Tensor:
+    """The update as a plain composition; autograd keeps every intermediate (about 18 activations' worth)."""
+    padding = tuple(k // 2 for k in kernel)
+    conv, conv_t = CONV_FN[len(kernel)], CONV_TRANSPOSED_FN[len(kernel)]
+    numerator = conv_t(x, filters, padding=padding, groups=groups) + eps
+    for _ in range(iterations):
+        reconstruction = conv(source, filters, padding=padding, groups=groups)  # K(S): E -> C
+        source = source * numerator / (conv_t(reconstruction, filters, padding=padding, groups=groups) + eps)
+    return source
+
+
+def nonnegative_deconvolution(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int,
+                              eps: float = 1e-8, iterations: int = 1, implementation: str = "auto") -> torch.Tensor:
+    """Refine a nonnegative source by the multiplicative NDC update (paper eq. 7, iterated as eq. 3).
+
+    ``S_{t+1} = S_t * (A(x) + eps) / (A(K(S_t)) + eps)`` where ``K(S) = S * V`` is the grouped
+    cross-correlation of eq. (1) (E -> C channels, zero padding ``k // 2``) and ``A`` its adjoint
+    (C -> E, the transposed and flipped filter ``V^-``).
+
+    Args:
+        x: observed map ``(B, C, *spatial)``, nonnegative; 1, 2 or 3 spatial dims.
+        source: initial source ``S0``, ``(B, E, *spatial)``, nonnegative, ``E`` divisible by ``groups``.
+        filters: ``V``, ``(C, E // groups, *kernel)``, nonnegative, odd kernel size on every axis.
+        groups: number of independent channel groups ``G``.
+        eps: added to numerator and denominator.
+        iterations: number of updates.
+        implementation: ``"auto"`` (:func:`select_implementation`) or one of ``IMPLEMENTATIONS``; all
+            give the same values up to float rounding, and only ``"naive"`` supports double backward.
+
+    Returns:
+        ``S^(iterations)``, ``(B, E, *spatial)``, float32 under autocast, else the inputs' dtype.
+    """
+    kernel = _check_shapes(x, source, filters, groups)
+    check_update_options(eps, iterations, zero_eps_allowed=True)
+    if implementation == "auto":
+        implementation = select_implementation(x)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown NDC implementation {implementation!r}; choose 'auto' or one of {IMPLEMENTATIONS}")
+    if implementation != "naive":
+        layout = CHANNELS_LAST.get(len(kernel)) if implementation == "channels_last" else None
+        return RecomputedNDC.apply(x, source, filters, groups, eps, iterations, layout)
+    # fp16 cannot hold eps and overflows in the ratio: the update always runs in (at least) fp32.
+    with autocast_disabled(x.device.type):
+        dtype = torch.promote_types(torch.promote_types(x.dtype, source.dtype), torch.float32)
+        return _naive_update(x.to(dtype), source.to(dtype), filters.to(dtype), groups, eps, iterations, kernel)
+
+
+class NDC(nn.Module):
+    """Learnable NDC layer: ``S0 = relu(pointwise(x))`` (C -> R*C, with bias), then the update.
+
+    The filter ``(C, R*C // G, *kernel)`` is initialised Kaiming-uniform like a conv weight and made
+    nonnegative by ReLU at every forward. Input ``(B, C, *spatial)``, output ``(B, R*C, *spatial)``.
+    """
+
+    def __init__(self, channels: int, kernel_size: Sequence[int], ratio: int = 4, groups: int = None,
+                 eps: float = 1e-8, iterations: int = 1):
+        super().__init__()
+        kernel_size = tuple(kernel_size)
+        groups = channels if groups is None else groups
+        source_channels = ratio * channels
+        if len(kernel_size) not in (1, 2, 3) or any(k < 1 or k % 2 == 0 for k in kernel_size):
+            raise ValueError(f"NDC supports odd kernel sizes in 1-3 dims only, got {kernel_size}")
+        if groups < 1 or channels % groups:
+            raise ValueError(f"NDC groups={groups} must divide the channel count {channels}")
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Integral) or ratio < 1:
+            raise ValueError(f"NDC ratio R must be an integer >= 1, got {ratio!r}")
+        check_update_options(eps, iterations)
+        conv_op = CONV[len(kernel_size)]
+        self.groups, self.eps, self.iterations = groups, eps, iterations
+        self.project = conv_op(channels, source_channels, 1, bias=True)
+        self.filters = nn.Parameter(torch.empty(channels, source_channels // groups, *kernel_size))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The init torch uses for conv weights; the paper's "Kaiming uniform".
+        nn.init.kaiming_uniform_(self.filters, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        implementation = select_implementation(x)
+        caller_layout = memory_format_of(x)
+        layout = CHANNELS_LAST.get(x.dim() - 2) if implementation == "channels_last" else None
+        if layout is not None:
+            # Converting the C-channel input once makes the projection emit S0 channels-last, which spares
+            # the update (and its backward) three conversions of R*C-channel tensors.
+            x = x.contiguous(memory_format=layout)
+        source = F.relu(self.project(x))
+        output = nonnegative_deconvolution(x, source, F.relu(self.filters), self.groups, self.eps, self.iterations,
+                                           implementation)
+        return output.contiguous(memory_format=caller_layout)  # a no-op when the caller is channels-last
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={tuple(self.filters.shape[2:])}, groups={self.groups}, eps={self.eps}, " \
+               f"iterations={self.iterations}"

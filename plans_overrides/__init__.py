@@ -1,0 +1,1 @@
+"""nnU-Net plans fragments for Deconver (see README.md in this folder)."""

@@ -1,7 +1,0 @@
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-from nnunetv2_deconver.short_runs import DemoRun
-
-
-class nnUNetTrainer_demo(DemoRun, nnUNetTrainer):
-    """Stock nnU-Net with the demo's short budget (see ``DemoRun``), the baseline of ``nnunetv2_deconver demo``."""

@@ -1,0 +1,1 @@
+"""nnU-Net trainer variants, grouped as nnU-Net groups its own (training/nnUNetTrainer/variants)."""

@@ -1,0 +1,18 @@
+"""Trainers with the smoke schedule (1 epoch of 2 training and 1 validation iteration, no test-time
+mirroring): the whole pipeline in seconds on a CPU, for tests. Nothing outside tests imports them."""
+from nnunetv2_deconver.nnunet.trainer_mixins import SmokeRun
+from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconver
+from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerDeconverDTC import nnUNetTrainerDeconverDTC
+from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerUNetDTC import nnUNetTrainerUNetDTC
+
+
+class nnUNetTrainerDeconver_smoke(SmokeRun, nnUNetTrainerDeconver):
+    """Deconver with the smoke schedule."""
+
+
+class nnUNetTrainerDeconverDTC_smoke(SmokeRun, nnUNetTrainerDeconverDTC):
+    """The DTC network with the smoke schedule."""
+
+
+class nnUNetTrainerUNetDTC_smoke(SmokeRun, nnUNetTrainerUNetDTC):
+    """Stock U-Net with DTC, with the smoke schedule."""
