@@ -8,14 +8,14 @@ the GPU memory target. Then ``nnUNetv2_train D CONFIG FOLD -tr nnUNetTrainerDeco
 """
 import argparse
 import copy
-import json
 import os
 import sys
-from typing import List, Sequence
+from typing import List
 
 import numpy as np
 
-from nnunetv2_deconver.nnunet.plans import DECONVER_CLASS_NAME, PlanError, replace_kernel, write_json_atomic
+from nnunetv2_deconver.nnunet.files import load_json, write_json_atomic
+from nnunetv2_deconver.nnunet.plans import DECONVER_CLASS_NAME, PlanError, replace_kernel
 from nnunetv2_deconver.network.deconver import stride_divisor
 from nnunetv2_deconver.network.presets import paper_widths
 
@@ -60,7 +60,7 @@ def deconver_configuration(stock: dict, input_channels: int, num_classes: int, d
         shrinkable = np.where(patch > divisor)[0]
         if len(shrinkable) == 0:
             raise PlanError(f"a {gpu_memory_gb:g} GB memory target cannot hold batch size {MIN_BATCH_SIZE} even at "
-                            f"the smallest patch {divisor.tolist()}; raise -gpu_memory_target or lower --base_channels")
+                            f"the smallest patch {divisor.tolist()}; raise -gpu_memory_target or lower -base_channels")
         axis = shrinkable[np.argmax(patch[shrinkable] / divisor[shrinkable])]
         patch[axis] -= divisor[axis]
     per_sample = _training_bytes(kwargs, input_channels, num_classes, patch, 1) - \
@@ -78,13 +78,13 @@ def deconver_configuration(stock: dict, input_channels: int, num_classes: int, d
 
 
 def _load_json(path: str, what: str, fix: str) -> dict:
-    if not os.path.isfile(path):
-        raise PlanError(f"{path} not found ({what}); {fix}")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PlanError(f"{path} is not valid JSON ({e}); {fix}") from None
+        loaded = load_json(path)
+    except ValueError as error:
+        raise PlanError(f"{error}; {fix}") from None
+    if loaded is None:
+        raise PlanError(f"{path} not found ({what}); {fix}")
+    return loaded
 
 
 def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, base_channels: int = 32,
@@ -145,17 +145,22 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
     return target
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="nnUNetv2_deconver_plan", description=__doc__.split("\n\n")[0])
+DESCRIPTION = __doc__.split("\n\n")[0]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """nnU-Net's flag style (as ``nnUNetv2_plan_and_preprocess``): options with a value take one dash."""
     parser.add_argument("-d", required=True, nargs="+", help="dataset id(s) or name(s)")
     parser.add_argument("-c", nargs="+", default=["2d", "3d_fullres"], help="configurations (default: 2d 3d_fullres)")
     parser.add_argument("-gpu_memory_target", type=float, default=8.0,
                         help="GPU memory in GB to fit training into (default 8, nnU-Net's reference)")
-    parser.add_argument("--kernel", type=int, choices=(3, 5), default=3, help="NDC kernel size (paper: 3 or 5)")
-    parser.add_argument("--base_channels", type=int, default=32, help="C0 in min(C0 * 2^l, 512) (default 32)")
+    parser.add_argument("-kernel", "--kernel", dest="kernel", type=int, choices=(3, 5), default=3, help="NDC kernel size (paper: 3 or 5)")
+    parser.add_argument("-base_channels", "--base_channels", dest="base_channels", type=int, default=32, help="C0 in min(C0 * 2^l, 512) (default 32)")
     parser.add_argument("-source_plans", default="nnUNetPlans", help="the stock plans to start from")
     parser.add_argument("-overwrite_plans_name", default="nnUNetDeconverPlans", help="name of the plans written")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     try:
         for dataset in args.d:
             configurations = [c for c in args.c]
@@ -167,6 +172,13 @@ def main(argv=None) -> int:
         print(f"nnUNetv2_deconver_plan: error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    """``nnUNetv2_deconver_plan``, the same as ``nnunetv2_deconver plan``."""
+    parser = argparse.ArgumentParser(prog="nnUNetv2_deconver_plan", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,15 +5,13 @@ A plan configuration either names Deconver itself (``architecture.network_class_
 names nnU-Net's own U-Net and Deconver takes that plan's topology (stages, widths, kernel sizes,
 strides), so that the stock ``nnUNetPlans`` give a like-for-like swap at the same patch and batch size.
 """
-import json
 import os
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 
 __all__ = ["DECONVER_CLASS_NAME", "PlanError", "plans_file_of", "deconver_kwargs_from_configuration",
-           "check_patch_divisible", "replace_kernel", "write_json_atomic"]
+           "check_patch_divisible", "replace_kernel"]
 
 DECONVER_CLASS_NAME = "nnunetv2_deconver.network.Deconver"
 
@@ -84,17 +82,3 @@ def replace_kernel(kernel_sizes: Sequence[Sequence[int]], kernel: Optional[int])
     if kernel is None:
         return [list(k) for k in kernel_sizes]
     return [[1 if v == 1 else int(kernel) for v in k] for k in kernel_sizes]
-
-
-def write_json_atomic(obj, path: str) -> None:
-    """Write JSON to a temporary file in the same folder, then rename: readers never see half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(obj, f, indent=4, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -3,7 +3,7 @@ import os
 import shlex
 from typing import List, Mapping, Optional
 
-__all__ = ["trainers_folder", "export_lines"]
+__all__ = ["trainers_folder", "export_lines", "make_trainers_findable", "add_arguments", "run"]
 
 
 def trainers_folder() -> str:
@@ -14,6 +14,14 @@ def trainers_folder() -> str:
     """
     import nnunetv2_deconver.trainers
     return os.path.dirname(os.path.abspath(nnunetv2_deconver.trainers.__file__))
+
+
+def make_trainers_findable(environ=None) -> None:
+    """Point nnU-Net at the installed trainers where ``nnUNet_extTrainer`` is not set (default: in this process),
+    so that a model folder of a Deconver trainer loads."""
+    environ = os.environ if environ is None else environ
+    if not environ.get("nnUNet_extTrainer"):
+        environ["nnUNet_extTrainer"] = trainers_folder()
 
 
 def export_lines(environ: Optional[Mapping[str, str]] = None, folder: Optional[str] = None) -> List[str]:
@@ -28,3 +36,12 @@ def export_lines(environ: Optional[Mapping[str, str]] = None, folder: Optional[s
         if not environ.get(name):
             lines.append(f"# {name} is not set; nnU-Net needs it too: export {name}=/path/to/{name}")
     return lines
+
+
+def add_arguments(parser) -> None:
+    """``nnunetv2_deconver env`` takes no arguments."""
+
+
+def run(args) -> int:
+    print("\n".join(export_lines()))
+    return 0

@@ -1,62 +1,39 @@
-"""``nnunetv2_deconver``: the package's command-line tools."""
+"""``nnunetv2_deconver <subcommand>``: every command of the package under one name.
+
+Each subcommand's module owns its arguments (``add_arguments(parser)``) and its work (``run(args)``, the
+exit status). ``nnUNetv2_deconver_plan`` and ``nnUNetv2_deconver_compare`` are aliases of ``plan`` and
+``compare`` with nnU-Net's flag style.
+"""
 import argparse
+import importlib
 import sys
 
-import torch
+__all__ = ["SUBCOMMANDS", "main"]
 
-from nnunetv2_deconver.tools import dtc_display
-from nnunetv2_deconver.network.presets import PAPER_FIGURES, PAPER_PRESETS, paper_network
-from nnunetv2_deconver.network.costs import measure_cost
-
-# a patch every preset's strides divide, small enough that FLOPs/voxel do not depend on it
-_PROFILE_PATCH = {3: (64, 64, 64), 2: (256, 256)}
-
-
-def _profile(args: argparse.Namespace) -> int:
-    rows = [key for key in PAPER_FIGURES if args.preset in (None, key[0])]
-    header = f"{'preset':8} {'k':>2} {'R':>2} {'G':>3} | {'params':>8} {'paper':>7} {'diff':>7} | " \
-             f"{'FLOPs/vox full':>14} | {'paper-style':>11} {'paper':>7} {'diff':>7}"
-    lines = [header, "-" * len(header)]
-    for i, (name, kernel, ratio, groups) in enumerate(rows, 1):
-        print(f"[{i}/{len(rows)}] counting {name} k={kernel} R={ratio} G={groups or 'C'} ...", file=sys.stderr,
-              flush=True)
-        preset = PAPER_PRESETS[name]
-        with torch.device("meta"):
-            network = paper_network(name, kernel, ratio, groups)
-        cost = measure_cost(network, preset.input_channels, _PROFILE_PATCH[preset.dim])
-        paper_params, paper_flops = PAPER_FIGURES[(name, kernel, ratio, groups)]
-        params_m, full_k, paper_style_k = cost.parameters / 1e6, cost.flops_per_voxel / 1e3, \
-            cost.paper_style_flops_per_voxel / 1e3
-        lines.append(f"{name:8} {kernel:>2} {ratio:>2} {groups or 'C':>3} | {params_m:7.3f}M {paper_params:6.2f}M "
-                     f"{100 * (params_m / paper_params - 1):+6.2f}% | {full_k:13.1f}K | "
-                     f"{paper_style_k:10.1f}K {paper_flops:6.1f}K {100 * (paper_style_k / paper_flops - 1):+6.2f}%")
-    print("\n".join(lines))
-    print("\nFLOPs: 2 per multiply-accumulate, per input voxel, forward, from torch.utils.flop_counter. "
-          "'full' counts every convolution; 'paper-style' leaves out the NDC update's convolutions, "
-          "which the paper's profiler did not see (see docs/costs.md).")
-    return 0
-
-
-def _env(args: argparse.Namespace) -> int:
-    from nnunetv2_deconver.nnunet.trainer_discovery import export_lines
-    print("\n".join(export_lines()))
-    return 0
+# name -> (module, one-line help)
+SUBCOMMANDS = {
+    "plan": ("nnunetv2_deconver.nnunet.planner",
+             "write Deconver plans (nnUNetDeconverPlans.json) beside a dataset's nnUNetPlans.json"),
+    "compare": ("nnunetv2_deconver.tools.compare.command",
+                "compare trainers on a dataset: Dice, HD95, Wilcoxon p-values, costs; writes a report folder"),
+    "demo": ("nnunetv2_deconver.tools.demo",
+             "stock nnU-Net vs Deconver on a synthetic dataset: plan, train, predict, compare"),
+    "profile": ("nnunetv2_deconver.tools.profile", "parameters and FLOPs/voxel of the paper's networks vs the paper"),
+    "env": ("nnunetv2_deconver.nnunet.trainer_discovery",
+            "print the export lines that let nnUNetv2_train/predict find the Deconver trainers"),
+    "dtc-displacement": ("nnunetv2_deconver.tools.dtc_display",
+                         "PNG of where the last DTC layer of a trained model samples (DTC paper Fig. 7)"),
+}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="nnunetv2_deconver", description="Deconver for nnU-Net v2")
     sub = parser.add_subparsers(dest="command", required=True)
-    profile = sub.add_parser("profile", help="parameters and FLOPs/voxel of the paper's networks vs the paper")
-    profile.add_argument("--preset", choices=sorted(PAPER_PRESETS), help="only this preset")
-    profile.set_defaults(func=_profile)
-    sub.add_parser("env", help="print the export lines that let nnUNetv2_train/predict find the Deconver trainers"
-                   ).set_defaults(func=_env)
-    dtc_display.add_subcommand(sub)
-    from nnunetv2_deconver.tools import demo
-    demo_parser = sub.add_parser("demo", help="stock nnU-Net vs Deconver on a synthetic dataset: plan, train, "
-                                              "predict, compare; prints a table and writes a report")
-    demo.add_arguments(demo_parser)
-    demo_parser.set_defaults(func=demo.main_from_args)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        subparser = sub.add_parser(name, help=help_text, description=getattr(module, "DESCRIPTION", help_text))
+        module.add_arguments(subparser)
+        subparser.set_defaults(func=module.run)
     args = parser.parse_args(argv)
     return args.func(args)
 

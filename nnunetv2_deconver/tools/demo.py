@@ -14,15 +14,16 @@ The demo sets ``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results`` and ``
 for its subprocesses itself, under ``--output``.
 """
 import argparse
-import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 from collections import deque
-from typing import List, Optional
+from typing import List
 
+from nnunetv2_deconver.nnunet.files import load_json, write_json_atomic
+from nnunetv2_deconver.nnunet.trainer_discovery import trainers_folder
 from nnunetv2_deconver.nnunet.trainer_mixins import (DEFAULT_EPOCHS, DEFAULT_ITERATIONS, EPOCHS_VARIABLE,
                                            ITERATIONS_VARIABLE)
 
@@ -48,17 +49,12 @@ class _Clock:
         print(f"[demo {int(elapsed // 60):02d}:{int(elapsed % 60):02d}] {message}", flush=True)
 
 
-def _trainers_folder() -> str:
-    import nnunetv2_deconver.trainers
-    return os.path.dirname(os.path.abspath(nnunetv2_deconver.trainers.__file__))
-
-
 def _environment(output: str, epochs: int, iterations: int) -> dict:
     env = dict(os.environ)
     env.update(nnUNet_raw=os.path.join(output, "nnUNet_raw"),
                nnUNet_preprocessed=os.path.join(output, "nnUNet_preprocessed"),
                nnUNet_results=os.path.join(output, "nnUNet_results"),
-               nnUNet_extTrainer=_trainers_folder(),
+               nnUNet_extTrainer=trainers_folder(),
                nnUNet_def_n_proc="1", nnUNet_compile="false",
                **{EPOCHS_VARIABLE: str(epochs), ITERATIONS_VARIABLE: str(iterations)})
     # nnU-Net sizes its thread pools and workers from this; it must not be 0 for planning
@@ -92,20 +88,6 @@ def _run(command: List[str], env: dict, log_path: str, clock: _Clock, show=lambd
         raise DemoError(f"{command[0]} failed (exit {code}); last lines of {log_path}:\n" + "\n".join(tail))
 
 
-def _load(path: str) -> Optional[dict]:
-    if os.path.isfile(path):
-        with open(path) as f:
-            return json.load(f)
-    return None
-
-
-def _save(obj: dict, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
 def _device(requested: str) -> str:
     if requested != "auto":
         return requested
@@ -123,7 +105,7 @@ def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, it
     env = _environment(output, epochs, iterations)
     logs = os.path.join(output, "logs")
     state_path = os.path.join(output, "demo_state.json")
-    state = _load(state_path) or {}
+    state = load_json(state_path) or {}
     data_spec = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed}
     budget = {"epochs": epochs, "iterations": iterations}
     clock.say(f"output {output}, device {device}, budget {epochs} epochs x {iterations} iterations, "
@@ -141,7 +123,7 @@ def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, it
         from nnunetv2_deconver.tools.synthetic import write_dataset
         write_dataset(env["nnUNet_raw"], DATASET_NAME, n_train, n_test, (size,) * 3, seed=seed)
         state["data"] = data_spec
-        _save(state, state_path)
+        write_json_atomic(state, state_path)
     else:
         clock.say("1/5 synthetic dataset: already written")
 
@@ -150,7 +132,7 @@ def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, it
         _run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "1",
               "-npfp", "1", "--verify_dataset_integrity"], env, os.path.join(logs, "plan_and_preprocess.log"), clock)
         state["preprocessed"] = True
-        _save(state, state_path)
+        write_json_atomic(state, state_path)
     else:
         clock.say("2/5 plan and preprocess: already done")
 
@@ -171,12 +153,12 @@ def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, it
         clock.say(f"3/5 training {trainer} ({index}/{len(TRAINERS)}), fold 0"
                   + (", continuing from its last checkpoint" if resume else "") + " ...")
         trained[trainer] = None
-        _save(state, state_path)
+        write_json_atomic(state, state_path)
         _run(["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr", trainer, "-device", device]
              + (["--c"] if resume else []), train_env, os.path.join(logs, f"train_{trainer}.log"), clock,
              show=lambda line: "Epoch time" in line or "train_loss" in line or "Pseudo dice" in line)
         trained[trainer] = budget
-        _save(state, state_path)
+        write_json_atomic(state, state_path)
 
     predicted = state.setdefault("predicted", {})
     for trainer in TRAINERS:
@@ -192,7 +174,7 @@ def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, it
              env, os.path.join(logs, f"predict_{trainer}.log"), clock)
         predicted[trainer] = budget
         state.setdefault("predict_seconds", {})[trainer] = time.perf_counter() - start
-        _save(state, state_path)
+        write_json_atomic(state, state_path)
 
     clock.say("5/5 comparing ...")
     from nnunetv2_deconver.tools.compare import compare
@@ -229,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=32, help="edge of each synthetic volume in voxels (default 32)")
 
 
-def main_from_args(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.iterations < 1:
         print("nnunetv2_deconver demo: error: --epochs and --iterations must be at least 1", file=sys.stderr)
         return 2

@@ -15,23 +15,13 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from nnunetv2_deconver.nnunet.trainer_discovery import make_trainers_findable
+
 __all__ = ["DisplacementError", "last_dtc_layer", "sample_displacement", "save_displacement_figure"]
 
 
 class DisplacementError(ValueError):
     """A user mistake (missing folder or image, a model without DTC); the message says which."""
-
-
-def _make_trainers_findable() -> None:
-    """Point nnU-Net at this package's trainers when the user has not, so a DTC model folder loads."""
-    if os.environ.get("nnUNet_extTrainer"):
-        return
-    try:
-        import nnunetv2_deconver.trainers as trainers
-        folder = os.path.dirname(os.path.abspath(trainers.__file__))
-    except ImportError:
-        folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "trainers")
-    os.environ["nnUNet_extTrainer"] = folder
 
 
 def last_dtc_layer(network: torch.nn.Module):
@@ -71,7 +61,7 @@ def sample_displacement(model_folder: str, image_files: List[str], fold="0",
     missing = [f for f in image_files if not os.path.isfile(f)]
     if missing:
         raise DisplacementError(f"image file(s) not found: {', '.join(missing)}")
-    _make_trainers_findable()
+    make_trainers_findable()
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(tile_step_size=1.0, use_gaussian=False, use_mirroring=False,
@@ -171,7 +161,7 @@ def save_displacement_figure(result: dict, output_png: str, title: str = "") -> 
     plt.close(fig)
 
 
-def _command(args) -> int:
+def run(args) -> int:
     import sys
     try:
         print(f"loading {args.model_folder} (fold {args.fold}) and preprocessing {', '.join(args.images)} ...",
@@ -188,10 +178,8 @@ def _command(args) -> int:
     return 0
 
 
-def add_subcommand(subparsers) -> None:
-    """Register ``dtc-displacement`` on the package's command-line parser."""
-    parser = subparsers.add_parser("dtc-displacement", help="PNG of where the last DTC layer of a trained model "
-                                                            "samples, over an input image (DTC paper Fig. 7)")
+def add_arguments(parser) -> None:
+    """The arguments of ``nnunetv2_deconver dtc-displacement``."""
     parser.add_argument("model_folder", help="trained model folder: nnUNet_results/DatasetXXX/TRAINER__PLANS__CONF")
     parser.add_argument("images", nargs="+", help="the case's image file(s), one per input channel (_0000, ...)")
     parser.add_argument("-o", "--output", required=True, help="PNG file to write")
@@ -199,4 +187,3 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--checkpoint", default="checkpoint_final.pth", help="checkpoint file name in the fold")
     parser.add_argument("--slice", type=int, default=None,
                         help="slice along the first axis of the preprocessed image (default: the middle)")
-    parser.set_defaults(func=_command)

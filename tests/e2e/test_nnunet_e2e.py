@@ -6,8 +6,6 @@ Each dataset is planned and preprocessed once per session; each test then runs r
 import json
 import os
 import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -153,7 +151,7 @@ def test_region_based_training(nnunet_env):
 
 def test_plans_override_then_train(nnunet_env):
     stock = _plans(nnunet_env, ISO)["configurations"]["3d_fullres"]
-    _run(["nnUNetv2_deconver_plan", "-d", ISO, "-c", "3d_fullres", "--base_channels", 8], nnunet_env)
+    _run(["nnUNetv2_deconver_plan", "-d", ISO, "-c", "3d_fullres", "-base_channels", 8], nnunet_env)
     deconver = _plans(nnunet_env, ISO, "nnUNetDeconverPlans")["configurations"]["3d_fullres"]
     n_stages = len(stock["architecture"]["arch_kwargs"]["strides"])
     assert deconver["architecture"]["network_class_name"] == "nnunetv2_deconver.network.Deconver"

@@ -14,7 +14,8 @@ from nnunetv2_deconver.network.costs import saved_activation_bytes
 from nnunetv2_deconver.nnunet.memory_model import WORKSPACE_BYTES
 from nnunetv2_deconver.nnunet.planner import deconver_configuration
 from nnunetv2_deconver.nnunet.plans import (PlanError, check_patch_divisible, deconver_kwargs_from_configuration,
-                                     replace_kernel, write_json_atomic)
+                                     replace_kernel)
+from nnunetv2_deconver.nnunet.files import write_json_atomic
 from nnunetv2_deconver.nnunet.lr_scheduler import warmup_cosine_lr
 
 from helpers.processes import REPO

@@ -1,3 +1,6 @@
-"""``nnUNetv2_deconver_compare``: stock nnU-Net against Deconver on the same data."""
-from nnunetv2_deconver.tools.compare.command import *  # noqa: F401,F403
-from nnunetv2_deconver.tools.compare.command import main  # noqa: F401
+"""``nnunetv2_deconver compare`` (alias ``nnUNetv2_deconver_compare``): stock nnU-Net against Deconver on the
+same data. ``runs`` finds what to compare, ``statistics`` tests it, ``plots`` draws it; ``command`` scores
+and reports."""
+from nnunetv2_deconver.tools.compare.command import CompareError, Run, compare, main
+
+__all__ = ["CompareError", "Run", "compare", "main"]

@@ -15,7 +15,6 @@ import contextlib
 import csv
 import glob
 import io
-import json
 import os
 import re
 import sys
@@ -26,6 +25,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunetv2_deconver.nnunet.files import load_json
+from nnunetv2_deconver.tools.compare.statistics import wilcoxon_p
 from nnunetv2_deconver.tools.metrics import LabelOrRegion, case_metrics
 
 __all__ = ["CompareError", "Run", "compare", "main"]
@@ -56,13 +57,6 @@ class Run:
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _load_json(path: str) -> Optional[dict]:
-    if not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
 
 
 def _dataset_name(dataset: str) -> str:
@@ -139,10 +133,10 @@ def find_runs(dataset: Optional[str], configuration: str, trainers: Sequence[str
         for run, folder in zip(runs, prediction_folders):
             if not os.path.isdir(folder):
                 raise CompareError([f"{run.name}: predictions folder {folder} does not exist"])
-            run.dataset_json = _load_json(os.path.join(folder, "dataset.json")) or \
-                (_load_json(os.path.join(run.results_folder, "dataset.json")) if run.results_folder else None)
-            run.plans_json = _load_json(os.path.join(folder, "plans.json")) or \
-                (_load_json(os.path.join(run.results_folder, "plans.json")) if run.results_folder else None)
+            run.dataset_json = load_json(os.path.join(folder, "dataset.json")) or \
+                (load_json(os.path.join(run.results_folder, "dataset.json")) if run.results_folder else None)
+            run.plans_json = load_json(os.path.join(folder, "plans.json")) or \
+                (load_json(os.path.join(run.results_folder, "plans.json")) if run.results_folder else None)
             if run.dataset_json is None:
                 raise CompareError([f"{run.name}: no dataset.json in {folder} (nnUNetv2_predict writes one) "
                                     f"nor in a results folder"])
@@ -169,8 +163,8 @@ def find_runs(dataset: Optional[str], configuration: str, trainers: Sequence[str
             raise CompareError(["no fold_N/validation folder in any of: " +
                                 ", ".join(r.results_folder for r in runs)])
     for run in runs:
-        run.dataset_json = _load_json(os.path.join(run.results_folder, "dataset.json"))
-        run.plans_json = _load_json(os.path.join(run.results_folder, "plans.json"))
+        run.dataset_json = load_json(os.path.join(run.results_folder, "dataset.json"))
+        run.plans_json = load_json(os.path.join(run.results_folder, "plans.json"))
         if run.dataset_json is None:
             raise CompareError([f"{run.name}: no dataset.json in {run.results_folder}"])
         for fold in folds:
@@ -317,21 +311,6 @@ def _time_forward(run: Run, configuration: str, device: str, repeats: int = 3) -
 
 # ---------------------------------------------------------------------------------------------- statistics
 
-def _wilcoxon(baseline: Sequence[float], other: Sequence[float]) -> float:
-    """Two-sided paired Wilcoxon signed-rank p-value; 1 when the pairs are all equal."""
-    from scipy.stats import wilcoxon
-    a, b = np.asarray(baseline, float), np.asarray(other, float)
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
-    if len(a) == 0:
-        return float("nan")
-    if np.allclose(a, b):
-        return 1.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(wilcoxon(a, b).pvalue)
-
-
 def _fmt(value, digits=3, scale=1.0, suffix=""):
     if value is None or (isinstance(value, float) and not np.isfinite(value)):
         return "n/a"
@@ -447,8 +426,8 @@ def compare(dataset: Optional[str], configuration: str, output: str,
                      "hd95_mean": float(np.mean(hds)), "hd95_median": float(np.median(hds)),
                      "p_dice": None, "p_hd95": None}
             if run is not baseline:
-                entry["p_dice"] = _wilcoxon([per_run_case[baseline.name][c][key][0] for c in usable], dices)
-                entry["p_hd95"] = _wilcoxon([per_run_case[baseline.name][c][key][1] for c in usable], hds)
+                entry["p_dice"] = wilcoxon_p([per_run_case[baseline.name][c][key][0] for c in usable], dices)
+                entry["p_hd95"] = wilcoxon_p([per_run_case[baseline.name][c][key][1] for c in usable], hds)
             stats[(names[key], run.name)] = entry
     foreground = {run.name: float(np.mean([np.mean([per_run_case[run.name][c][k][0] for k in keys])
                                            for c in usable])) for run in runs}
@@ -610,12 +589,13 @@ def render_markdown(summary: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_deconver_compare",
-        description="Compare nnU-Net trainers (default: stock nnUNetTrainer vs nnUNetTrainerDeconver) on one "
-                    "dataset: Dice, HD95, Wilcoxon p-values, parameters, FLOPs/voxel and times, as a report "
-                    "folder (summary.md, per_case.csv, PNG plots).")
+DESCRIPTION = ("Compare nnU-Net trainers (default: stock nnUNetTrainer vs nnUNetTrainerDeconver) on one dataset: "
+               "Dice, HD95, Wilcoxon p-values, parameters, FLOPs/voxel and times, as a report folder (summary.md, "
+               "per_case.csv, PNG plots).")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """nnU-Net's flag style: options with a value take one dash, switches two."""
     parser.add_argument("-d", dest="dataset", help="dataset name or id (needed to read nnUNet_results)")
     parser.add_argument("-c", dest="configuration", default="3d_fullres", help="configuration (default 3d_fullres)")
     parser.add_argument("-tr", dest="trainers", nargs="+", default=list(DEFAULT_TRAINERS),
@@ -628,18 +608,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="predictions folders, one per trainer, instead of the cross-validation predictions")
     parser.add_argument("-ref", dest="labels", help="reference labels folder (default: the dataset's "
                                                     "gt_segmentations in nnUNet_preprocessed, else labelsTr)")
-    parser.add_argument("--images", help="images folder for the worst-case overlay (default: imagesTr/imagesTs "
+    parser.add_argument("-images", "--images", dest="images", help="images folder for the worst-case overlay (default: imagesTr/imagesTs "
                                          "of nnUNet_raw)")
     parser.add_argument("-o", dest="output", required=True, help="report folder")
-    parser.add_argument("--device", default="cpu", help="device for the forward-pass timing (default cpu)")
-    parser.add_argument("--no-timing", action="store_true", help="do not time a forward pass")
+    parser.add_argument("-device", "--device", dest="device", default="cpu",
+                        help="device for the forward-pass timing (default cpu)")
+    parser.add_argument("--no_timing", "--no-timing", dest="no_timing", action="store_true",
+                        help="do not time a forward pass")
     parser.add_argument("--partial", action="store_true",
                         help="on bad input, still write a report on the usable cases (the exit status stays 1)")
-    return parser
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     try:
         summary = compare(args.dataset, args.configuration, args.output, args.trainers, args.plans, args.folds,
                           args.predictions, args.labels, args.images, args.partial,
@@ -653,6 +633,13 @@ def main(argv=None) -> int:
     print(summary["table"])
     print(f"\nreport: {os.path.join(os.path.abspath(args.output), 'summary.md')}")
     return 0
+
+
+def main(argv=None) -> int:
+    """``nnUNetv2_deconver_compare``, the same as ``nnunetv2_deconver compare``."""
+    parser = argparse.ArgumentParser(prog="nnUNetv2_deconver_compare", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
