@@ -1,4 +1,5 @@
 """Where the installed trainers are, and the environment lines that make nnU-Net find them."""
+import importlib.util
 import os
 import shlex
 from typing import List, Mapping, Optional
@@ -10,10 +11,11 @@ def trainers_folder() -> str:
     """The folder of ``nnunetv2_deconver.trainers`` as Python imports it.
 
     In an editable install that is the repository's ``trainers/``; in a regular install it is
-    ``site-packages/nnunetv2_deconver/trainers``. Asking the import system gives the right one for both.
+    ``site-packages/nnunetv2_deconver/trainers``. Asking the import system (without importing the
+    trainers) gives the right one for both.
     """
-    import nnunetv2_deconver.trainers
-    return os.path.dirname(os.path.abspath(nnunetv2_deconver.trainers.__file__))
+    spec = importlib.util.find_spec("nnunetv2_deconver.trainers")
+    return os.path.abspath(list(spec.submodule_search_locations)[0])
 
 
 def make_trainers_findable(environ=None) -> None:
