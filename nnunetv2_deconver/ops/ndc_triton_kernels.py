@@ -34,6 +34,7 @@ def correlate_kernel(src, s_b, s_c, s_d, s_h, s_w, filt, out, o_b, o_c, o_d, o_h
     b = tile // tiles
     c = (tile % tiles) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rows_ok = c < C
+    c_safe = tl.minimum(c, C - 1)  # rows past the last channel read a valid one and store nothing
     p = block * BLOCK + tl.arange(0, BLOCK)
     inside = p < D * H * W
     w0 = p % W
@@ -41,7 +42,7 @@ def correlate_kernel(src, s_b, s_c, s_d, s_h, s_w, filt, out, o_b, o_c, o_d, o_h
     d0 = p // (W * H)
     acc = tl.full([ROWS, BLOCK], 0.0, tl.float32)
     for r in range(R):
-        e = c * R + r
+        e = c_safe * R + r
         base = src + b * s_b + e[:, None] * s_c
         for kd in tl.static_range(KD):
             d = d0 + (kd - KD // 2)
@@ -49,11 +50,12 @@ def correlate_kernel(src, s_b, s_c, s_d, s_h, s_w, filt, out, o_b, o_c, o_d, o_h
             for kh in tl.static_range(KH):
                 h = h0 + (kh - KH // 2)
                 ok_h = ok_d & (h >= 0) & (h < H)
+                s_dh = d * s_d + h * s_h
                 for kw in tl.static_range(KW):
                     w = w0 + (kw - KW // 2)
-                    ok = rows_ok[:, None] & (ok_h & (w >= 0) & (w < W))[None, :]
-                    weight = tl.load(filt + e * (KD * KH * KW) + (kd * KH + kh) * KW + kw, mask=rows_ok, other=0.0)
-                    value = tl.load(base + (d * s_d + h * s_h + w * s_w)[None, :], mask=ok, other=0.0)
+                    ok = (ok_h & (w >= 0) & (w < W))[None, :]
+                    weight = tl.load(filt + e * (KD * KH * KW) + (kd * KH + kh) * KW + kw)
+                    value = tl.load(base + (s_dh + w * s_w)[None, :], mask=ok, other=0.0)
                     acc += weight[:, None] * value.to(tl.float32)
     mask = rows_ok[:, None] & inside[None, :]
     tl.store(out + b * o_b + c[:, None] * o_c + (d0 * o_d + h0 * o_h + w0 * o_w)[None, :], acc, mask=mask)
@@ -69,7 +71,8 @@ def update_kernel(x, x_b, x_c, x_d, x_h, x_w, rec, r_b, r_c, r_d, r_h, r_w, src,
     b = tile // tiles
     e = (tile % tiles) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rows_ok = e < C * R
-    c = e // R
+    e_safe = tl.minimum(e, C * R - 1)  # rows past the last source read a valid one and store nothing
+    c = e_safe // R
     p = block * BLOCK + tl.arange(0, BLOCK)
     inside = p < D * H * W
     w0 = p % W
@@ -85,12 +88,14 @@ def update_kernel(x, x_b, x_c, x_d, x_h, x_w, rec, r_b, r_c, r_d, r_h, r_w, src,
         for kh in tl.static_range(KH):
             h = h0 - (kh - KH // 2)
             ok_h = ok_d & (h >= 0) & (h < H)
+            x_dh = d * x_d + h * x_h
+            r_dh = d * r_d + h * r_h
             for kw in tl.static_range(KW):
                 w = w0 - (kw - KW // 2)
-                ok = rows_ok[:, None] & (ok_h & (w >= 0) & (w < W))[None, :]
-                weight = tl.load(filt + e * (KD * KH * KW) + (kd * KH + kh) * KW + kw, mask=rows_ok, other=0.0)
-                xv = tl.load(x_base + (d * x_d + h * x_h + w * x_w)[None, :], mask=ok, other=0.0)
-                rv = tl.load(r_base + (d * r_d + h * r_h + w * r_w)[None, :], mask=ok, other=0.0)
+                ok = (ok_h & (w >= 0) & (w < W))[None, :]
+                weight = tl.load(filt + e_safe * (KD * KH * KW) + (kd * KH + kh) * KW + kw)
+                xv = tl.load(x_base + (x_dh + w * x_w)[None, :], mask=ok, other=0.0)
+                rv = tl.load(r_base + (r_dh + w * r_w)[None, :], mask=ok, other=0.0)
                 adj_x += weight[:, None] * xv.to(tl.float32)
                 adj_r += weight[:, None] * rv.to(tl.float32)
     mask = rows_ok[:, None] & inside[None, :]
@@ -117,7 +122,8 @@ def update_backward_kernel(x, x_b, x_c, x_d, x_h, x_w, rec, r_b, r_c, r_d, r_h, 
     b = tile // tiles
     e = (tile % tiles) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rows_ok = e < C * R
-    c = e // R
+    e_safe = tl.minimum(e, C * R - 1)  # rows past the last source read a valid one and store nothing
+    c = e_safe // R
     p = block * BLOCK + tl.arange(0, BLOCK)
     inside = p < D * H * W
     w0 = p % W
@@ -133,12 +139,14 @@ def update_backward_kernel(x, x_b, x_c, x_d, x_h, x_w, rec, r_b, r_c, r_d, r_h, 
         for kh in tl.static_range(KH):
             h = h0 - (kh - KH // 2)
             ok_h = ok_d & (h >= 0) & (h < H)
+            x_dh = d * x_d + h * x_h
+            r_dh = d * r_d + h * r_h
             for kw in tl.static_range(KW):
                 w = w0 - (kw - KW // 2)
-                ok = rows_ok[:, None] & (ok_h & (w >= 0) & (w < W))[None, :]
-                weight = tl.load(filt + e * (KD * KH * KW) + (kd * KH + kh) * KW + kw, mask=rows_ok, other=0.0)
-                xv = tl.load(x_base + (d * x_d + h * x_h + w * x_w)[None, :], mask=ok, other=0.0)
-                rv = tl.load(r_base + (d * r_d + h * r_h + w * r_w)[None, :], mask=ok, other=0.0)
+                ok = (ok_h & (w >= 0) & (w < W))[None, :]
+                weight = tl.load(filt + e_safe * (KD * KH * KW) + (kd * KH + kh) * KW + kw)
+                xv = tl.load(x_base + (x_dh + w * x_w)[None, :], mask=ok, other=0.0)
+                rv = tl.load(r_base + (r_dh + w * r_w)[None, :], mask=ok, other=0.0)
                 adj_x += weight[:, None] * xv.to(tl.float32)
                 adj_r += weight[:, None] * rv.to(tl.float32)
     mask = rows_ok[:, None] & inside[None, :]
@@ -164,11 +172,13 @@ def update_backward_kernel(x, x_b, x_c, x_d, x_h, x_w, rec, r_b, r_c, r_d, r_h, 
         for kh in tl.static_range(KH):
             h = h0 - (kh - KH // 2)
             ok_h = ok_d & (h >= 0) & (h < H)
+            x_dh = d * x_d + h * x_h
+            r_dh = d * r_d + h * r_h
             for kw in tl.static_range(KW):
                 w = w0 - (kw - KW // 2)
-                ok = rows_ok[:, None] & (ok_h & (w >= 0) & (w < W))[None, :]
-                xv = tl.load(x_base + (d * x_d + h * x_h + w * x_w)[None, :], mask=ok, other=0.0).to(tl.float32)
-                rv = tl.load(r_base + (d * r_d + h * r_h + w * r_w)[None, :], mask=ok, other=0.0).to(tl.float32)
+                ok = (ok_h & (w >= 0) & (w < W))[None, :]
+                xv = tl.load(x_base + (x_dh + w * x_w)[None, :], mask=ok, other=0.0).to(tl.float32)
+                rv = tl.load(r_base + (r_dh + w * r_w)[None, :], mask=ok, other=0.0).to(tl.float32)
                 taps = tl.reduce(u * xv + grad_denominator * rv, 1, _ADD)
                 tl.store(partial + row + (kd * KH + kh) * KW + kw, taps, mask=rows_ok)
 
@@ -187,7 +197,8 @@ def adjoint_accumulate_kernel(grad_q, grad_r, r_b, r_c, r_d, r_h, r_w, src, s_b,
     b = tile // tiles
     e = (tile % tiles) * ROWS + tl.arange(0, ROWS).to(tl.int64)
     rows_ok = e < C * R
-    c = e // R
+    e_safe = tl.minimum(e, C * R - 1)  # rows past the last source read a valid one and store nothing
+    c = e_safe // R
     p = block * BLOCK + tl.arange(0, BLOCK)
     inside = p < D * H * W
     w0 = p % W
@@ -205,12 +216,13 @@ def adjoint_accumulate_kernel(grad_q, grad_r, r_b, r_c, r_d, r_h, r_w, src, s_b,
         for kh in tl.static_range(KH):
             h = h0 - (kh - KH // 2)
             ok_h = ok_d & (h >= 0) & (h < H)
+            r_dh = d * r_d + h * r_h
             for kw in tl.static_range(KW):
                 w = w0 - (kw - KW // 2)
-                ok = rows_ok[:, None] & (ok_h & (w >= 0) & (w < W))[None, :]
+                ok = (ok_h & (w >= 0) & (w < W))[None, :]
                 tap = (kd * KH + kh) * KW + kw
-                weight = tl.load(filt + e * (KD * KH * KW) + tap, mask=rows_ok, other=0.0)
-                rv = tl.load(r_base + (d * r_d + h * r_h + w * r_w)[None, :], mask=ok, other=0.0)
+                weight = tl.load(filt + e_safe * (KD * KH * KW) + tap)
+                rv = tl.load(r_base + (r_dh + w * r_w)[None, :], mask=ok, other=0.0)
                 acc += weight[:, None] * rv
                 tl.store(partial + row + tap, tl.reduce(s * rv, 1, _ADD), mask=rows_ok)
     tl.store(out + here, acc, mask=mask)
