@@ -192,6 +192,35 @@ def test_layer_under_torch_compile_is_one_graph(interpreter):
     assert _relative(layer.filters.grad, expected_grad) <= 1e-4
 
 
+def test_kernels_compile_for_an_h100_without_a_gpu():
+    """The interpreter runs the kernels as Python; this runs Triton's compiler on them (to sm_90 machine
+    code), which rejects what only compiled kernels refuse (globals, type mismatches, non-constexpr shapes)."""
+    import inspect
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from nnunetv2_deconver.ops import ndc_triton_kernels
+
+    pointers = {"src", "filt", "out", "x", "rec", "grad", "grad_d", "grad_q", "grad_n", "partial", "grad_r"}
+    constants = {"KD": 1, "KH": 3, "KW": 3, "ROWS": 4, "BLOCK": 256, "ACCUMULATE": True}
+    for name in ("correlate_kernel", "update_kernel", "update_backward_kernel", "adjoint_accumulate_kernel"):
+        kernel = triton.jit(getattr(ndc_triton_kernels, name))
+        names = list(inspect.signature(kernel.fn).parameters)
+        signature = {arg: "constexpr" if arg in constants else ("*fp16" if arg in ("x", "src") else "*fp32")
+                     if arg in pointers else "fp32" if arg == "eps" else "i64" if arg[-2:] in
+                     ("_b", "_c", "_d", "_h", "_w") else "i32" for arg in names}
+        source = ASTSource(fn=kernel, signature=signature,
+                           constexprs={(names.index(arg),): value for arg, value in constants.items() if arg in names})
+        try:
+            compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
+        except RuntimeError as error:  # no ptxas: the toolchain, not the kernel
+            if "ptxas" in str(error):
+                pytest.skip(f"Triton's CUDA toolchain is unavailable: {error}")
+            raise
+        assert compiled.asm["cubin"], name
+
+
 @CUDA
 @pytest.mark.parametrize("spatial,kernel,c,r,iterations,channels_last", CASES)
 def test_compiled_kernels_on_gpu_match_naive(spatial, kernel, c, r, iterations, channels_last):
