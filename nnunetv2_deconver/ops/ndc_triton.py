@@ -209,7 +209,7 @@ def _backward(grad: torch.Tensor, x: torch.Tensor, source: torch.Tensor, filters
 
 @_backward.register_fake
 def _(grad, x, source, filters, first_reconstruction, eps, iterations):
-    return torch.empty_like(x), torch.empty_like(source), torch.empty_like(filters)
+    return torch.empty_like(x), torch.empty_like(source), filters.new_empty(filters.shape)
 
 
 def _setup_context(ctx, inputs, output):
