@@ -131,7 +131,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--naive-repeats", type=int, help="runs of the naive path (default: --repeats)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--all-paths", action="store_true", help="also time every non-default path")
+    parser.add_argument("--all-paths", action="store_true",
+                        help="also time every non-default path (on a GPU including the fused 'triton' kernels)")
     parser.add_argument("--stages", type=int, default=5, help="measure only the first N BraTS stages")
     parser.add_argument("--dispatch", action="store_true",
                         help="CPU: naive vs channels-last at small maps, around the dispatch threshold")
@@ -157,7 +158,8 @@ def main(argv=None) -> int:
                                         device_type=device.type)
         implementations = ["naive"]
         if args.all_paths:
-            implementations += [name for name in ("recompute", "channels_last") if name != default]
+            others = ("recompute", "channels_last") + (("triton",) if device.type == "cuda" else ())
+            implementations += [name for name in others if name != default]
         if default != "naive":
             implementations.append(default)
         rows, roofline, bandwidth = measure(channels, stage_size, 4, device, implementations, args.repeats,

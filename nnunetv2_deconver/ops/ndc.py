@@ -3,10 +3,11 @@
 The math lives in :func:`nonnegative_deconvolution`; :class:`NDC` is the learnable layer that holds the
 initial-source projection and the filter.
 
-Three implementations compute the same update (see ``IMPLEMENTATIONS``): the naive composition of
-``conv``/``conv_transpose`` (the reference, twice differentiable), and the memory-lean custom autograd
+Four implementations compute the same update (see ``IMPLEMENTATIONS``): the naive composition of
+``conv``/``conv_transpose`` (the reference, twice differentiable), the memory-lean custom autograd
 function of :mod:`nnunetv2_deconver.ops.ndc_autograd` in the inputs' layout (``"recompute"``) or in the
-channels-last layout (``"channels_last"``). :func:`select_implementation` is the default dispatch;
+channels-last layout (``"channels_last"``), and the fused Triton kernels of
+:mod:`nnunetv2_deconver.ops.ndc_triton` (``"triton"``, chosen by name only; see docs/gpu.md). :func:`select_implementation` is the default dispatch;
 :func:`force_implementation` overrides it, e.g. to run a whole network through one path.
 """
 import math
@@ -20,6 +21,7 @@ from torch import nn
 from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV, CONV_FN, CONV_TRANSPOSED_FN
 from nnunetv2_deconver.ops.ndc_autograd import RecomputedNDC, memory_format_of
 from nnunetv2_deconver.ops.ndc_dispatch import IMPLEMENTATIONS, select_implementation
+from nnunetv2_deconver.ops.ndc_triton import triton_deconvolution
 from nnunetv2_deconver.ops.precision import autocast_disabled
 
 __all__ = ["nonnegative_deconvolution", "NDC", "check_update_options"]
@@ -103,6 +105,8 @@ def nonnegative_deconvolution(x: torch.Tensor, source: torch.Tensor, filters: to
         implementation = select_implementation(x)
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown NDC implementation {implementation!r}; choose 'auto' or one of {IMPLEMENTATIONS}")
+    if implementation == "triton":
+        return triton_deconvolution(x, source, filters, groups, eps, iterations)
     if implementation != "naive":
         layout = CHANNELS_LAST.get(len(kernel)) if implementation == "channels_last" else None
         return RecomputedNDC.apply(x, source, filters, groups, eps, iterations, layout)

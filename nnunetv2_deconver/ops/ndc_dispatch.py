@@ -11,7 +11,7 @@ from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST
 __all__ = ["IMPLEMENTATIONS", "CHANNELS_LAST_MIN_VOXELS", "NAIVE_2D_FROM", "select_implementation",
            "compute_layout", "force_implementation"]
 
-IMPLEMENTATIONS = ("naive", "recompute", "channels_last")
+IMPLEMENTATIONS = ("naive", "recompute", "channels_last", "triton")
 _forced = threading.local()
 
 # Smallest spatial size (voxels per sample) from which channels-last is faster than naive on the CPU
@@ -30,7 +30,9 @@ def select_implementation(x: torch.Tensor, device_type: Optional[str] = None) ->
     layer's forward+backward runs faster than naive (docs/performance.md), except for the wide, large 2D
     maps of ``NAIVE_2D_FROM``; ``"naive"`` otherwise, where it is at least as fast and the memory is
     negligible. Elsewhere (GPU): ``"recompute"``, which runs the very kernels of
-    the naive composition and keeps a third of its activations for backward. Inside
+    the naive composition and keeps a third of its activations for backward; the fused ``"triton"``
+    kernels are not chosen here until measured faster than it on a GPU (docs/gpu.md), and run only
+    by name or through :func:`force_implementation`. Inside
     :func:`force_implementation` the forced path.
     """
     forced = getattr(_forced, "name", None)
