@@ -12,7 +12,9 @@ a report on the cases that are usable.
 """
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from typing import List, Optional, Sequence
 
@@ -20,6 +22,7 @@ import numpy as np
 
 from nnunetv2_deconver.tools.compare import plots as compare_plots
 from nnunetv2_deconver.tools.compare.costs import measure_run_cost
+from nnunetv2_deconver.tools.compare.label_files import LabelFileError, check_image, read_label_map
 from nnunetv2_deconver.tools.compare.report import render_markdown, render_table, write_csv
 from nnunetv2_deconver.tools.compare.runs import (CompareError, Run, cases_in, check_cases, check_labels, find_image,
                                                   find_runs, fold_of_cases, log, reference_folder)
@@ -34,6 +37,24 @@ DESCRIPTION = ("Compare nnU-Net trainers (default: stock nnUNetTrainer vs nnUNet
                "per_case.csv, PNG plots).")
 
 
+PLOTS = ("dice_per_case.png", "dice_vs_flops.png", "worst_case.png")
+
+
+def _output_parent(output: str) -> str:
+    """The folder that holds the report folder, created if missing; a clear error where it cannot be."""
+    output = os.path.abspath(output)
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise CompareError([f"report folder {output} is a file; give another -o"])
+    parent = os.path.dirname(output)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as error:
+        raise CompareError([f"cannot create {parent} for the report ({error.strerror}); give another -o"]) from None
+    if not os.access(parent, os.W_OK) or (os.path.isdir(output) and not os.access(output, os.W_OK)):
+        raise CompareError([f"cannot write the report into {output} (no write permission); give another -o"])
+    return parent
+
+
 def compare(dataset: Optional[str], configuration: str, output: str,
             trainers: Sequence[str] = DEFAULT_TRAINERS, plans: Sequence[str] = ("nnUNetPlans",),
             folds: Optional[Sequence[str]] = None, prediction_folders: Optional[Sequence[str]] = None,
@@ -41,6 +62,7 @@ def compare(dataset: Optional[str], configuration: str, output: str,
             timing_device: Optional[str] = "cpu") -> dict:
     """Score, compare and report; returns the summary as a dict. Raises :class:`CompareError` on bad
     input, after writing the report on the usable cases when ``partial`` is set."""
+    parent = _output_parent(output)
     problems: List[str] = []
     runs, dataset_name, folds = find_runs(dataset, configuration, trainers, plans, folds, prediction_folders,
                                           problems)
@@ -56,11 +78,20 @@ def compare(dataset: Optional[str], configuration: str, output: str,
         raise CompareError(problems)
 
     per_run_case, usable = score_cases(runs, cases, references, keys, ignore_label, problems)
-    if not cases or not usable:
-        problems.append("no case is usable: nothing to compare")
-    if problems and not partial:
-        raise CompareError(problems)
     if not usable:
+        problems.append("no case is usable: nothing to compare, no report written")
+        raise CompareError(problems)
+    worst = min(usable, key=lambda c: np.mean([per_run_case[r.name][c][k][0] for r in runs for k in keys]))
+    reader = reader_for(runs[0].dataset_json, references[worst])
+    image = find_image(worst, dataset_name, images_folder, file_ending)
+    if image:
+        try:
+            check_image(reader, image, read_label_map(reader, references[worst]))
+        except LabelFileError as error:
+            problems.append(f"case {worst}: image {image} for the worst-case picture {error} (or give another "
+                            f"images folder with -images)")
+            image = None
+    if problems and not partial:
         raise CompareError(problems)
 
     for run in runs:
@@ -77,32 +108,34 @@ def compare(dataset: Optional[str], configuration: str, output: str,
     run_names = [r.name for r in runs]
     stats = class_statistics(run_names, usable, keys, names, per_run_case)
     foreground = foreground_dice(run_names, usable, keys, per_run_case)
-
-    os.makedirs(output, exist_ok=True)
-    write_csv(os.path.join(output, "per_case.csv"), rows)
-    log("[compare] plotting ...")
-    plots = {
-        "dice_per_case.png": compare_plots.dice_per_case(os.path.join(output, "dice_per_case.png"), runs, usable,
-                                                         keys, names, per_run_case),
-        "dice_vs_flops.png": compare_plots.dice_vs_flops(os.path.join(output, "dice_vs_flops.png"), runs,
-                                                         foreground),
-    }
-    worst = min(usable, key=lambda c: np.mean([per_run_case[r.name][c][k][0] for r in runs for k in keys]))
-    image = find_image(worst, dataset_name, images_folder, file_ending)
-    plots["worst_case.png"] = compare_plots.worst_case(
-        os.path.join(output, "worst_case.png"), worst, reader_for(runs[0].dataset_json, references[worst]),
-        references[worst], image,
-        {r.name: r.predictions[worst] for r in runs}, keys, names,
-        {r.name: per_run_case[r.name][worst] for r in runs})
     summary = {"dataset": dataset_name, "configuration": configuration, "folds": folds,
                "reference_folder": references_folder, "cases": usable, "runs": runs, "stats": stats,
                "keys": keys, "names": names, "foreground_dice": foreground, "worst_case": worst,
-               "problems": problems, "plots": plots, "timing_device": timing_device}
-    with open(os.path.join(output, "summary.md"), "w") as f:
-        f.write(render_markdown(summary))
+               "problems": problems, "timing_device": timing_device,
+               "plots": {name: os.path.join(output, name) for name in PLOTS}}
+
+    # the report is written beside the output folder and then moved in, summary.md last: a report
+    # folder never shows an old summary.md beside new results, nor half a report
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}.", dir=parent)
+    try:
+        write_csv(os.path.join(staging, "per_case.csv"), rows)
+        log("[compare] plotting ...")
+        compare_plots.dice_per_case(os.path.join(staging, "dice_per_case.png"), runs, usable, keys, names,
+                                    per_run_case)
+        compare_plots.dice_vs_flops(os.path.join(staging, "dice_vs_flops.png"), runs, foreground)
+        compare_plots.worst_case(os.path.join(staging, "worst_case.png"), worst, reader, references[worst], image,
+                                 {r.name: r.predictions[worst] for r in runs}, keys, names,
+                                 {r.name: per_run_case[r.name][worst] for r in runs})
+        with open(os.path.join(staging, "summary.md"), "w") as f:
+            f.write(render_markdown(summary))
+        os.makedirs(output, exist_ok=True)
+        for name in ("per_case.csv", *PLOTS, "summary.md"):
+            os.replace(os.path.join(staging, name), os.path.join(output, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     summary["table"] = render_table(summary)
     if problems:
-        raise CompareError(problems)
+        raise CompareError(problems, report=os.path.join(output, "summary.md"))
     return summary
 
 
@@ -139,8 +172,8 @@ def run(args: argparse.Namespace) -> int:
     except CompareError as error:
         for problem in error.problems:
             print(f"nnUNetv2_deconver_compare: error: {problem}", file=sys.stderr)
-        if args.partial and os.path.isfile(os.path.join(args.output, "summary.md")):
-            print(f"partial report (usable cases only): {os.path.join(args.output, 'summary.md')}", file=sys.stderr)
+        if error.report:
+            print(f"partial report (usable cases only): {error.report}", file=sys.stderr)
         return 1
     print(summary["table"])
     print(f"\nreport: {os.path.join(os.path.abspath(args.output), 'summary.md')}")

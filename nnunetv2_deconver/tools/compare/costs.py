@@ -62,7 +62,7 @@ def measure_run_cost(run: Run, configuration: str, timing_device: Optional[str])
     if run.results_folder:
         epoch_times, epochs = [], 0
         for log in sorted(glob.glob(os.path.join(run.results_folder, "fold_*", "training_log_*.txt"))):
-            with open(log) as f:
+            with open(log, errors="replace") as f:  # a log is free text; a stray byte is no reason to stop
                 times = [float(t) for t in re.findall(r"Epoch time: ([0-9.]+) s", f.read())]
             epoch_times += times
             epochs = max(epochs, len(times))

@@ -13,15 +13,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from nnunetv2_deconver.nnunet.files import load_json
 
 __all__ = ["CompareError", "Run", "log", "find_runs", "reference_folder", "cases_in", "check_cases",
-           "check_labels", "fold_of_cases", "find_image", "dataset_name_of", "short_list"]
+           "check_labels", "fold_of_cases", "find_image", "dataset_name_of", "short_list", "read_dataset_json",
+           "read_plans_json"]
 
 
 class CompareError(Exception):
-    """Bad input; ``problems`` holds one line per problem, each naming the run, fold or case."""
+    """Bad input; ``problems`` holds one line per problem, each naming the run, fold or case.
+    ``report``: the partial report's summary.md where one was written (``--partial``), else None."""
 
-    def __init__(self, problems: Sequence[str]):
+    def __init__(self, problems: Sequence[str], report: Optional[str] = None):
         super().__init__("; ".join(problems))
         self.problems = list(problems)
+        self.report = report
 
 
 @dataclass
@@ -69,6 +72,65 @@ def short_list(names: Sequence[str], limit: int = 8) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _read_json(run_name: str, folders: Sequence[str], file_name: str) -> Tuple[Optional[dict], Optional[str]]:
+    """The first ``file_name`` found in ``folders`` and its path, or (None, None); a file that is not
+    valid JSON is a :class:`CompareError`."""
+    for folder in folders:
+        path = os.path.join(folder, file_name)
+        try:
+            content = load_json(path)
+        except (ValueError, OSError) as error:
+            raise CompareError([f"{run_name}: {error if isinstance(error, ValueError) else path + ' is unreadable'}"
+                                f"; restore it (nnU-Net copies it from nnUNet_preprocessed/DatasetXXX)"]) from None
+        if content is not None:
+            if not isinstance(content, dict):
+                raise CompareError([f"{run_name}: {path} holds a JSON {type(content).__name__}, not an object; "
+                                    f"restore it (nnU-Net copies it from nnUNet_preprocessed/DatasetXXX)"])
+            return content, path
+    return None, None
+
+
+def read_dataset_json(run_name: str, folders: Sequence[str]) -> dict:
+    """The run's dataset.json, checked: ``labels`` (background 0; ints or, for regions, lists of ints,
+    with ``regions_class_order``) as nnU-Net's LabelManager accepts them, and a ``file_ending``."""
+    dataset_json, path = _read_json(run_name, folders, "dataset.json")
+    if dataset_json is None:
+        raise CompareError([f"{run_name}: no dataset.json in {' nor '.join(folders)} (nnU-Net writes one beside "
+                            f"the results and nnUNetv2_predict beside its predictions); copy the dataset's"])
+    fix = "fix it or copy the dataset's from nnUNet_preprocessed/DatasetXXX"
+    labels = dataset_json.get("labels")
+    if not isinstance(labels, dict) or labels.get("background") != 0:
+        raise CompareError([f"{run_name}: {path} has no 'labels' object with \"background\": 0; {fix}"])
+    for name, value in labels.items():
+        members = value if isinstance(value, list) else [value]
+        if not members or not all(isinstance(v, int) and not isinstance(v, bool) for v in members):
+            raise CompareError([f"{run_name}: {path}: label '{name}' is {value!r}, not an integer or a list of "
+                                f"integers; {fix}"])
+    ending = dataset_json.get("file_ending")
+    if not isinstance(ending, str) or not ending.startswith("."):
+        raise CompareError([f"{run_name}: {path} has no 'file_ending' such as \".nii.gz\"; {fix}"])
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    try:
+        LabelManager(labels, dataset_json.get("regions_class_order"))
+    except Exception as error:  # nnU-Net checks the labels with asserts; any failure means the same
+        raise CompareError([f"{run_name}: {path}: nnU-Net rejects its labels ({type(error).__name__}: "
+                            f"{str(error).strip()[:120] or 'regions need regions_class_order'}); {fix}"]) from None
+    return dataset_json
+
+
+def read_plans_json(run_name: str, folders: Sequence[str], configuration: str) -> Optional[dict]:
+    """The run's plans.json, checked to hold ``configuration``; None where there is none (costs unknown)."""
+    plans_json, path = _read_json(run_name, folders, "plans.json")
+    if plans_json is None:
+        return None
+    configurations = plans_json.get("configurations")
+    if not isinstance(configurations, dict) or configuration not in configurations:
+        known = ", ".join(configurations) if isinstance(configurations, dict) else "none"
+        raise CompareError([f"{run_name}: {path} has no configuration '{configuration}' (it has: {known}); "
+                            f"give the configuration with -c or restore the plans"])
+    return plans_json
+
+
 def find_runs(dataset: Optional[str], configuration: str, trainers: Sequence[str], plans: Sequence[str],
               folds: Optional[Sequence[str]], prediction_folders: Optional[Sequence[str]],
               problems: List[str]) -> Tuple[List[Run], Optional[str], List[str]]:
@@ -98,13 +160,9 @@ def find_runs(dataset: Optional[str], configuration: str, trainers: Sequence[str
         for run, folder in zip(runs, prediction_folders):
             if not os.path.isdir(folder):
                 raise CompareError([f"{run.name}: predictions folder {folder} does not exist"])
-            run.dataset_json = load_json(os.path.join(folder, "dataset.json")) or \
-                (load_json(os.path.join(run.results_folder, "dataset.json")) if run.results_folder else None)
-            run.plans_json = load_json(os.path.join(folder, "plans.json")) or \
-                (load_json(os.path.join(run.results_folder, "plans.json")) if run.results_folder else None)
-            if run.dataset_json is None:
-                raise CompareError([f"{run.name}: no dataset.json in {folder} (nnUNetv2_predict writes one) "
-                                    f"nor in a results folder"])
+            where = [folder] + ([run.results_folder] if run.results_folder else [])
+            run.dataset_json = read_dataset_json(run.name, where)
+            run.plans_json = read_plans_json(run.name, where, configuration)
             run.predictions = cases_in(folder, run.dataset_json["file_ending"])
             if not run.predictions:
                 problems.append(f"{run.name}: no predictions ({run.dataset_json['file_ending']}) in {folder}")
@@ -128,10 +186,8 @@ def find_runs(dataset: Optional[str], configuration: str, trainers: Sequence[str
             raise CompareError(["no fold_N/validation folder in any of: " +
                                 ", ".join(r.results_folder for r in runs)])
     for run in runs:
-        run.dataset_json = load_json(os.path.join(run.results_folder, "dataset.json"))
-        run.plans_json = load_json(os.path.join(run.results_folder, "plans.json"))
-        if run.dataset_json is None:
-            raise CompareError([f"{run.name}: no dataset.json in {run.results_folder}"])
+        run.dataset_json = read_dataset_json(run.name, [run.results_folder])
+        run.plans_json = read_plans_json(run.name, [run.results_folder], configuration)
         for fold in folds:
             validation = os.path.join(run.results_folder, f"fold_{fold}", "validation")
             cases = cases_in(validation, run.dataset_json["file_ending"]) if os.path.isdir(validation) else {}
