@@ -46,13 +46,11 @@ def _nifti_data_bytes(path: str) -> Optional[int]:
     """Header offset plus voxel bytes that a NIfTI file must hold, from its header; None if not NIfTI."""
     import nibabel
     try:
-        header = nibabel.load(path).header
+        voxels = nibabel.load(path).dataobj  # reads the header only
+        offset, shape, dtype = int(voxels.offset), voxels.shape, np.dtype(voxels.dtype)
     except Exception:  # not a NIfTI file nibabel understands: the reader decides
         return None
-    if not hasattr(header, "get_data_offset"):
-        return None
-    voxels = int(np.prod(header.get_data_shape(), dtype=np.int64))
-    return int(header.get_data_offset()) + voxels * header.get_data_dtype().itemsize
+    return offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 def check_complete(path: str) -> None:
