@@ -1,5 +1,6 @@
 """What each run costs: parameters and FLOPs/voxel of the network its trainer builds from its plans,
-seconds per training epoch from nnU-Net's training logs, and one timed forward pass over a patch."""
+seconds per training epoch and peak GPU memory from nnU-Net's training logs, and one timed forward pass
+over a patch."""
 import contextlib
 import glob
 import io
@@ -7,13 +8,14 @@ import os
 import re
 import time
 import warnings
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
+from nnunetv2_deconver.nnunet.trainer_mixins import PEAK_MEMORY_LOG_PREFIX
 from nnunetv2_deconver.tools.compare.runs import Run
 
-__all__ = ["measure_run_cost"]
+__all__ = ["measure_run_cost", "training_log_costs"]
 
 
 def _trainer_class(name: str):
@@ -43,10 +45,10 @@ def _build_network(run: Run, configuration: str, device):
 
 def measure_run_cost(run: Run, configuration: str, timing_device: Optional[str]) -> dict:
     """Parameters, FLOPs/voxel (all convolutions, and without the NDC update's as the paper counted),
-    seconds per training epoch from nnU-Net's logs, and one forward pass over a patch."""
+    seconds per training epoch and peak GPU memory from nnU-Net's logs, and one forward pass over a patch."""
     from nnunetv2_deconver.network.costs import measure_cost
     cost = {"parameters": None, "flops_per_voxel": None, "paper_style_flops_per_voxel": None,
-            "epoch_seconds": None, "epochs": None, "forward_seconds": None, "patch_size": None, "notes": []}
+            "epoch_seconds": None, "epochs": None, "peak_gpu_mib": None, "forward_seconds": None, "patch_size": None, "notes": []}
     if run.plans_json is not None:
         try:
             network, channels, patch = _build_network(run, configuration, "meta")
@@ -60,15 +62,26 @@ def measure_run_cost(run: Run, configuration: str, timing_device: Optional[str])
     else:
         cost["notes"].append("no plans.json: parameters and FLOPs unknown")
     if run.results_folder:
-        epoch_times, epochs = [], 0
-        for log in sorted(glob.glob(os.path.join(run.results_folder, "fold_*", "training_log_*.txt"))):
-            with open(log, errors="replace") as f:  # a log is free text; a stray byte is no reason to stop
-                times = [float(t) for t in re.findall(r"Epoch time: ([0-9.]+) s", f.read())]
-            epoch_times += times
-            epochs = max(epochs, len(times))
-        if epoch_times:
-            cost["epoch_seconds"], cost["epochs"] = float(np.mean(epoch_times)), epochs
+        cost.update(training_log_costs(
+            sorted(glob.glob(os.path.join(run.results_folder, "fold_*", "training_log_*.txt")))))
     return cost
+
+
+def training_log_costs(logs: Sequence[str]) -> dict:
+    """From nnU-Net's training logs: ``epoch_seconds``, the mean of the ``Epoch time: X s`` lines over all
+    logs; ``epochs``, the most epochs one log holds; ``peak_gpu_mib``, the largest ``Peak GPU memory: X MiB``
+    line (written by :class:`~nnunetv2_deconver.nnunet.trainer_mixins.PeakGPUMemoryLog`). Each is None
+    where no log has such a line."""
+    epoch_times, epochs, peaks = [], 0, []
+    for log in logs:
+        with open(log, errors="replace") as f:  # a log is free text; a stray byte is no reason to stop
+            text = f.read()
+        times = [float(t) for t in re.findall(r"Epoch time: ([0-9.]+) s", text)]
+        epoch_times += times
+        epochs = max(epochs, len(times))
+        peaks += [float(m) for m in re.findall(re.escape(PEAK_MEMORY_LOG_PREFIX) + r" ([0-9.]+) MiB", text)]
+    return {"epoch_seconds": float(np.mean(epoch_times)) if epoch_times else None,
+            "epochs": epochs or None, "peak_gpu_mib": max(peaks) if peaks else None}
 
 
 def _time_forward(run: Run, configuration: str, device: str, repeats: int = 3) -> float:

@@ -54,12 +54,14 @@ def render_table(summary: dict) -> str:
                          f"{_p(s['p_dice']):>10} | {s['hd95_mean']:8.2f} {s['hd95_median']:7.2f} "
                          f"{_p(s['p_hd95']):>10}")
     lines.append("")
-    cost_header = f"{'run':{width}} | {'params':>8} {'FLOPs/vox':>10} {'s/epoch':>8} {'fwd s/patch':>11}"
+    cost_header = f"{'run':{width}} | {'params':>8} {'FLOPs/vox':>10} {'s/epoch':>8} {'peak MiB':>8} " \
+                  f"{'fwd s/patch':>11}"
     lines += [cost_header, "-" * len(cost_header)]
     for run in runs:
         c = run.cost
         lines.append(f"{run.name:{width}} | {_human(c.get('parameters')):>8} {_human(c.get('flops_per_voxel')):>10} "
-                     f"{_fmt(c.get('epoch_seconds'), 2):>8} {_fmt(c.get('forward_seconds'), 3):>11}")
+                     f"{_fmt(c.get('epoch_seconds'), 2):>8} {_fmt(c.get('peak_gpu_mib'), 0):>8} "
+                     f"{_fmt(c.get('forward_seconds'), 3):>11}")
     return "\n".join(lines)
 
 
@@ -87,14 +89,15 @@ def render_markdown(summary: dict) -> str:
               ", ".join(f"{r.name} {summary['foreground_dice'][r.name]:.4f}" for r in runs), "",
               "## Cost", "",
               "| run | parameters | FLOPs/voxel (all convolutions) | FLOPs/voxel (paper-style) | patch | epochs "
-              "| s/epoch (training log) | s per forward pass over a patch |",
-              "|---|---:|---:|---:|---|---:|---:|---:|"]
+              "| s/epoch (training log) | peak GPU memory, MiB (training log) | s per forward pass over a patch |",
+              "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
     for run in runs:
         c = run.cost
         patch = "x".join(map(str, c["patch_size"])) if c.get("patch_size") else "n/a"
         lines.append(f"| {run.name} | {_human(c.get('parameters'))} | {_human(c.get('flops_per_voxel'))} | "
                      f"{_human(c.get('paper_style_flops_per_voxel'))} | {patch} | {c.get('epochs') or 'n/a'} | "
-                     f"{_fmt(c.get('epoch_seconds'), 2)} | {_fmt(c.get('forward_seconds'), 3)} |")
+                     f"{_fmt(c.get('epoch_seconds'), 2)} | {_fmt(c.get('peak_gpu_mib'), 0)} | "
+                     f"{_fmt(c.get('forward_seconds'), 3)} |")
     notes = [f"- {r.name}: {n}" for r in runs for n in r.cost.get("notes", [])]
     lines += [""] + notes + ([""] if notes else [])
     timing = summary["timing_device"]
@@ -113,6 +116,9 @@ def render_markdown(summary: dict) -> str:
               "`torch.utils.flop_counter`; paper-style leaves out the NDC update's convolutions, as the "
               "paper's profiler did.",
               "- s/epoch: mean of the `Epoch time` lines of nnU-Net's training logs over all folds.",
+              "- Peak GPU memory: the largest `Peak GPU memory` line of the training logs (tensors' peak per "
+              "epoch, logged by trainers with `PeakGPUMemoryLog`, e.g. `nnUNetTrainerWithMemoryLog`); n/a where "
+              "the trainer did not log it or trained on a CPU.",
               "- Forward pass: batch 1 over the plan's patch, random weights, median of 3 after a warm-up, on " +
               (f"`{timing}`" if timing else "(not measured)") +
               "; sliding-window inference runs one per window (times 8 with test-time mirroring in 3D).", ""]
