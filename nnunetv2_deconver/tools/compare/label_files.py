@@ -21,6 +21,8 @@ __all__ = ["LabelFileError", "LabelMap", "check_complete", "read_label_map", "ch
 SPACING_RTOL = 1e-3  # relative: the rounding of spacings written with few digits
 ORIGIN_TOLERANCE_VOXELS = 0.01  # origins may differ by a hundredth of the smallest voxel edge
 DIRECTION_ATOL = 1e-4  # direction cosines
+_REWRITE = ("write the complete file again (run nnUNetv2_predict again for a prediction, copy it again for "
+            "a reference)")
 
 
 class LabelFileError(Exception):
@@ -59,7 +61,7 @@ def check_complete(path: str) -> None:
     with zeros or garbage without complaint, so this reads the file to its end."""
     size = os.path.getsize(path)
     if size == 0:
-        raise LabelFileError("is an empty file: write it again (predict or copy the case again)")
+        raise LabelFileError(f"is an empty file: {_REWRITE}")
     if path.lower().endswith(".gz"):
         size = 0
         try:
@@ -70,15 +72,14 @@ def check_complete(path: str) -> None:
                         break
                     size += len(chunk)
         except EOFError:
-            raise LabelFileError("is truncated (its gzip stream ends early): write it again, e.g. predict "
-                                 "the case again or copy the complete file") from None
+            raise LabelFileError(f"is truncated (its gzip stream ends early): {_REWRITE}") from None
         except (OSError, zlib.error) as error:
-            raise LabelFileError(f"is not a valid gzip file ({error}): write it again") from None
+            raise LabelFileError(f"is not a valid gzip file ({error}): {_REWRITE}") from None
     if path.lower().endswith((".nii", ".nii.gz")):
         expected = _nifti_data_bytes(path)
         if expected is not None and size < expected:
             raise LabelFileError(f"is truncated (holds {size} of the {expected} bytes its header announces): "
-                                 f"write it again, e.g. predict the case again or copy the complete file")
+                                 f"{_REWRITE}")
 
 
 def _read(read, reader, path: str):
@@ -98,9 +99,9 @@ def read_label_map(reader, path: str) -> LabelMap:
     """Read a label map with nnU-Net's ``reader``, in full (:func:`check_complete`); one channel of integers."""
     segmentation, properties = _read(reader.read_seg, reader, path)
     if segmentation.shape[0] != 1:
-        raise LabelFileError(f"holds {segmentation.shape[0]} channels (a {segmentation.ndim}D image of shape "
-                             f"{tuple(segmentation.shape)}): a label map has one channel; write the labels "
-                             f"as a single 3D (or 2D) image")
+        raise LabelFileError(f"holds {segmentation.shape[0]} channels (shape {tuple(segmentation.shape)} as nnU-Net "
+                             f"reads it, e.g. a 4D file): a label map has one channel; write the labels as one "
+                             f"3D (or 2D) image")
     labels = segmentation[0]
     finite = np.isfinite(labels)
     if not finite.all() or not np.array_equal(labels, np.round(labels)):
