@@ -153,8 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="predictions folders, one per trainer, instead of the cross-validation predictions")
     parser.add_argument("-ref", dest="labels", help="reference labels folder (default: the dataset's "
                                                     "gt_segmentations in nnUNet_preprocessed, else labelsTr)")
-    parser.add_argument("-images", "--images", dest="images", help="images folder for the worst-case overlay (default: imagesTr/imagesTs "
-                                         "of nnUNet_raw)")
+    parser.add_argument("-images", "--images", dest="images",
+                        help="images folder for the worst-case overlay (default: imagesTr/imagesTs of nnUNet_raw)")
     parser.add_argument("-o", dest="output", required=True, help="report folder")
     parser.add_argument("-device", "--device", dest="device", default="cpu",
                         help="device for the forward-pass timing (default cpu)")

@@ -48,7 +48,8 @@ def measure_run_cost(run: Run, configuration: str, timing_device: Optional[str])
     seconds per training epoch and peak GPU memory from nnU-Net's logs, and one forward pass over a patch."""
     from nnunetv2_deconver.network.costs import measure_cost
     cost = {"parameters": None, "flops_per_voxel": None, "paper_style_flops_per_voxel": None,
-            "epoch_seconds": None, "epochs": None, "peak_gpu_mib": None, "forward_seconds": None, "patch_size": None, "notes": []}
+            "epoch_seconds": None, "epochs": None, "peak_gpu_mib": None, "forward_seconds": None, "patch_size": None,
+            "notes": []}
     if run.plans_json is not None:
         try:
             network, channels, patch = _build_network(run, configuration, "meta")
