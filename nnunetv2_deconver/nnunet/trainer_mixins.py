@@ -1,4 +1,5 @@
-"""Short training schedules for tests and the demo, as mixins for any nnU-Net trainer.
+"""Mixins for any nnU-Net trainer: short training schedules for tests and the demo, and the peak GPU
+memory of every epoch in the training log.
 
 A mixin goes first in the bases (``class X(SmokeRun, nnUNetTrainerDeconver)``). Its constructor has
 nnU-Net's exact signature, because nnU-Net records a trainer's init arguments from that signature.
@@ -9,13 +10,39 @@ import os
 
 import torch
 
-__all__ = ["WithoutTestTimeMirroring", "SmokeRun", "DemoRun", "EPOCHS_VARIABLE", "ITERATIONS_VARIABLE",
+__all__ = ["PeakGPUMemoryLog", "PEAK_MEMORY_LOG_PREFIX", "WithoutTestTimeMirroring", "SmokeRun", "DemoRun",
+           "EPOCHS_VARIABLE", "ITERATIONS_VARIABLE",
            "DEFAULT_EPOCHS", "DEFAULT_ITERATIONS"]
 
 EPOCHS_VARIABLE = "NNUNETV2_DECONVER_DEMO_EPOCHS"
 ITERATIONS_VARIABLE = "NNUNETV2_DECONVER_DEMO_ITERATIONS"
 DEFAULT_EPOCHS = 10
 DEFAULT_ITERATIONS = 20
+PEAK_MEMORY_LOG_PREFIX = "Peak GPU memory:"  # nnUNetv2_deconver_compare reads these lines
+
+
+class PeakGPUMemoryLog:
+    """Log the epoch's peak GPU memory, ``Peak GPU memory: X MiB``, in nnU-Net's training log.
+
+    X is the most memory the epoch's tensors held at once on the training GPU
+    (``torch.cuda.max_memory_allocated``, training and validation iterations), in MiB (2**20 bytes);
+    the peak is reset when an epoch starts. On a CPU or another device nothing is logged: there is no
+    GPU memory to report, and a 0 would read as a measurement.
+    """
+
+    def _on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def on_epoch_start(self):
+        if self._on_cuda():
+            torch.cuda.reset_peak_memory_stats(self.device)
+        super().on_epoch_start()
+
+    def on_epoch_end(self):
+        if self._on_cuda():
+            peak_mib = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            self.print_to_log_file(f"{PEAK_MEMORY_LOG_PREFIX} {peak_mib:.0f} MiB")
+        super().on_epoch_end()
 
 
 class WithoutTestTimeMirroring:

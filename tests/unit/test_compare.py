@@ -187,9 +187,9 @@ def test_bad_files_geometry_and_labels_are_named(results, capsys):
     assert main(["-d", "901", "-o", str(results / "report"), "--no-timing", "--partial"]) == 1
     err = capsys.readouterr().err
     assert "case case_001: prediction" in err and "empty file" in err
-    assert "case case_002: prediction" in err and "unreadable" in err
-    assert "case case_003: geometry differs" in err
-    assert "case case_004: prediction holds labels [7]" in err
+    assert "case case_002: prediction" in err and "is not a valid gzip file" in err
+    assert "case case_003: prediction" in err and "geometry differs from the reference: spacing" in err
+    assert "case case_004: prediction" in err and "holds labels [7] that dataset.json does not define" in err
     assert {r["case"] for r in _rows(results / "report")} == {"case_000", "case_005"}
 
 

@@ -1,11 +1,12 @@
-"""Paired statistics of the comparison: one run against the baseline, case by case."""
+"""Statistics of the comparison: per class and run, mean and median Dice and HD95 over the cases, and
+the paired Wilcoxon test of each run against the baseline, case by case."""
 import warnings
-from typing import Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from scipy.stats import wilcoxon
 
-__all__ = ["wilcoxon_p"]
+__all__ = ["wilcoxon_p", "class_statistics", "foreground_dice"]
 
 
 def wilcoxon_p(baseline: Sequence[float], other: Sequence[float]) -> float:
@@ -20,3 +21,34 @@ def wilcoxon_p(baseline: Sequence[float], other: Sequence[float]) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(wilcoxon(a, b).pvalue)
+
+
+def class_statistics(run_names: Sequence[str], cases: Sequence[str], keys, names: dict,
+                     per_run_case: dict) -> Dict[Tuple[str, str], dict]:
+    """(class name, run name) -> mean and median Dice and HD95 over ``cases``, with the p-values of the
+    paired tests against the first run (None for the first run itself).
+
+    ``per_run_case``: run name -> case -> label or region -> (Dice, HD95 in mm).
+    """
+    baseline = run_names[0]
+    stats = {}
+    for key in keys:
+        def values(run: str, metric: int) -> List[float]:
+            return [per_run_case[run][c][key][metric] for c in cases]
+
+        for run in run_names:
+            dices, hds = values(run, 0), values(run, 1)
+            entry = {"dice_mean": float(np.mean(dices)), "dice_median": float(np.median(dices)),
+                     "hd95_mean": float(np.mean(hds)), "hd95_median": float(np.median(hds)),
+                     "p_dice": None, "p_hd95": None}
+            if run != baseline:
+                entry["p_dice"] = wilcoxon_p(values(baseline, 0), dices)
+                entry["p_hd95"] = wilcoxon_p(values(baseline, 1), hds)
+            stats[(names[key], run)] = entry
+    return stats
+
+
+def foreground_dice(run_names: Sequence[str], cases: Sequence[str], keys, per_run_case: dict) -> Dict[str, float]:
+    """Run name -> Dice averaged over the foreground classes of a case, then over the cases."""
+    return {run: float(np.mean([np.mean([per_run_case[run][c][k][0] for k in keys]) for c in cases]))
+            for run in run_names}
