@@ -53,7 +53,8 @@ def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]
     definition and for the empty cases (both empty: 0; one empty: the image diagonal in mm).
     """
     reference, prediction = _check_masks(reference, prediction)
-    assert len(spacing) == reference.ndim, f"spacing {tuple(spacing)} does not match a {reference.ndim}D mask"
+    if len(spacing) != reference.ndim:
+        raise ValueError(f"spacing {tuple(spacing)} does not match a {reference.ndim}D mask")
     has_reference, has_prediction = bool(reference.any()), bool(prediction.any())
     if not has_reference and not has_prediction:
         return 0.0
@@ -81,8 +82,7 @@ def case_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequenc
     ``ignore_label`` in the reference are left out of both masks. Axes of length 1 (2D images
     stored as 3D) are dropped so that they do not turn every voxel into surface.
     """
-    assert reference.shape == prediction.shape, \
-        f"reference shape {reference.shape} differs from prediction shape {prediction.shape}"
+    _check_shapes(reference, prediction)
     keep = [axis for axis, n in enumerate(reference.shape) if n > 1]
     squeeze = tuple(axis for axis, n in enumerate(reference.shape) if n == 1)
     reference, prediction = np.squeeze(reference, squeeze), np.squeeze(prediction, squeeze)
@@ -105,7 +105,11 @@ def _to_mask(segmentation: np.ndarray, label_or_region: LabelOrRegion) -> np.nda
 
 def _check_masks(reference: np.ndarray, prediction: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     reference, prediction = np.asarray(reference, dtype=bool), np.asarray(prediction, dtype=bool)
-    assert reference.shape == prediction.shape, \
-        f"reference shape {reference.shape} differs from prediction shape {prediction.shape}"
+    _check_shapes(reference, prediction)
     return reference, prediction
+
+
+def _check_shapes(reference: np.ndarray, prediction: np.ndarray) -> None:
+    if reference.shape != prediction.shape:
+        raise ValueError(f"reference shape {reference.shape} differs from prediction shape {prediction.shape}")
 
