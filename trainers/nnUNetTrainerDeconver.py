@@ -1,7 +1,6 @@
 """Deconver in nnU-Net's training pipeline, with the paper's optimiser and schedule."""
 from typing import List, Optional
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -9,14 +8,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_deconver.network import Deconver
-from nnunetv2_deconver.nnunet.inference_checks import check_prediction_inputs
+from nnunetv2_deconver.nnunet.checks import TrainingDivergedError, check_prediction_inputs, check_training_finite
 from nnunetv2_deconver.nnunet.plans import (check_deconver_kwargs, check_patch_divisible, configuration_name_of,
                                             deconver_kwargs_from_configuration, plans_file_of, replace_kernel)
 from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
-
-
-class TrainingDivergedError(RuntimeError):
-    """The training loss or the weights stopped being finite numbers."""
 
 
 class nnUNetTrainerDeconver(nnUNetTrainer):
@@ -89,17 +84,12 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
-        loss = float(self.logger.get_value("train_losses", step=-1))
-        weights_finite = bool(torch.stack([p.detach().isfinite().all() for p in self.network.parameters()]).all())
-        if np.isfinite(loss) and weights_finite:
-            return
-        what = f"the training loss is {loss}" if not np.isfinite(loss) else "the weights hold NaN or inf"
-        message = (f"epoch {self.current_epoch}: {what}, so training stopped before saving this epoch's "
-                   f"checkpoints. Likely causes: ndc_eps 0 or tiny in the plan, a learning rate too high "
-                   f"({self.initial_lr:g}), fp16 overflow under mixed precision (try -device cpu or a lower lr), "
-                   f"or NaN/inf in the images. Fix that, then retrain or resume an earlier checkpoint with --c.")
-        self.print_to_log_file(message)
-        for loader in (self.dataloader_train, self.dataloader_val):  # background augmentation workers
-            if hasattr(loader, "_finish"):
-                loader._finish()
-        raise TrainingDivergedError(message)
+        try:
+            check_training_finite(self.current_epoch, float(self.logger.get_value("train_losses", step=-1)),
+                                  self.network.parameters(), self.initial_lr)
+        except TrainingDivergedError as error:
+            self.print_to_log_file(str(error))
+            for loader in (self.dataloader_train, self.dataloader_val):  # background augmentation workers
+                if hasattr(loader, "_finish"):
+                    loader._finish()
+            raise

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nnunetv2_deconver.network import Deconver
-from nnunetv2_deconver.nnunet.inference_checks import check_channel_files, check_prediction_inputs
+from nnunetv2_deconver.nnunet.checks import check_channel_files, check_prediction_inputs
 from nnunetv2_deconver.nnunet.planner import MARKER, check_options, check_plans_name
 from nnunetv2_deconver.nnunet.plans import PlanError
 from nnunetv2_deconver.ops import ndc as ndc_module

@@ -1,6 +1,10 @@
-"""Checks of ``nnUNetv2_predict``'s input folder that nnU-Net makes only in its background workers.
+"""Checks nnU-Net 2.8.1 does not make for a Deconver run: diverged training, prediction inputs.
 
-nnU-Net groups the input files by case (``CASE_XXXX.ending``, one file per channel) and reads them in
+**Training.** nnU-Net trains on when the loss is NaN, logs ``train_loss nan``, saves NaN weights as
+``checkpoint_best.pth``/``checkpoint_final.pth`` and exits 0; :func:`check_training_finite` is the
+test the Deconver trainers apply at the end of every epoch.
+
+**Prediction.** nnU-Net groups the input files by case (``CASE_XXXX.ending``, one file per channel) and reads them in
 preprocessing workers; a case with more or fewer channels than the model's fails there, as "Background
 workers died" or an IndexError from normalisation. nnU-Net's predictor offers a trainer only one hook
 before those workers start: ``build_network_architecture``, which does not receive the input folder.
@@ -8,13 +12,34 @@ So the check reads the ``-i`` of the running ``nnUNetv2_predict`` command line a
 other program (training, the Python API).
 """
 import argparse
+import math
 import os
 import re
 import sys
 from collections import defaultdict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
-__all__ = ["PREDICT_PROGRAMS", "channel_files", "check_channel_files", "check_prediction_inputs"]
+import torch
+
+__all__ = ["TrainingDivergedError", "check_training_finite", "PREDICT_PROGRAMS", "channel_files",
+           "check_channel_files", "check_prediction_inputs"]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss or the weights stopped being finite numbers."""
+
+
+def check_training_finite(epoch: int, loss: float, parameters: Iterable[torch.Tensor], learning_rate: float) -> None:
+    """Raise TrainingDivergedError (one line: the epoch, what is not finite, likely causes, what to do)
+    unless the epoch's mean training loss and every weight are finite. One host sync for the weights."""
+    weights_finite = bool(torch.stack([p.detach().isfinite().all() for p in parameters]).all())
+    if math.isfinite(loss) and weights_finite:
+        return
+    what = f"the training loss is {loss}" if not math.isfinite(loss) else "the weights hold NaN or inf"
+    raise TrainingDivergedError(
+        f"epoch {epoch}: {what}, so training stopped before saving this epoch's checkpoints. Likely causes: "
+        f"ndc_eps 0 or tiny in the plan, a learning rate too high ({learning_rate:g}), fp16 overflow under mixed "
+        f"precision, or NaN/inf in the images. Fix that, then retrain or resume an earlier checkpoint with --c.")
 
 PREDICT_PROGRAMS = ("nnUNetv2_predict", "nnUNetv2_predict_from_modelfolder")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\..+)$")
