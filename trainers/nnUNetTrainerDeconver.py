@@ -86,7 +86,7 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
         super().on_train_epoch_end(train_outputs)
         try:
             check_training_finite(self.current_epoch, float(self.logger.get_value("train_losses", step=-1)),
-                                  self.network.parameters(), self.initial_lr)
+                                  self.network.parameters(), self.optimizer.param_groups[0]["lr"])
         except TrainingDivergedError as error:
             self.print_to_log_file(str(error))
             for loader in (self.dataloader_train, self.dataloader_val):  # background augmentation workers

@@ -38,7 +38,7 @@ def check_training_finite(epoch: int, loss: float, parameters: Iterable[torch.Te
     what = f"the training loss is {loss}" if not math.isfinite(loss) else "the weights hold NaN or inf"
     raise TrainingDivergedError(
         f"epoch {epoch}: {what}, so training stopped before saving this epoch's checkpoints. Likely causes: "
-        f"ndc_eps 0 or tiny in the plan, a learning rate too high ({learning_rate:g}), fp16 overflow under mixed "
+        f"ndc_eps 0 or tiny in the plan, a learning rate too high (now {learning_rate:g}), fp16 overflow under mixed "
         f"precision, or NaN/inf in the images. Fix that, then retrain or resume an earlier checkpoint with --c.")
 
 PREDICT_PROGRAMS = ("nnUNetv2_predict", "nnUNetv2_predict_from_modelfolder")
