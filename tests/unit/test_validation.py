@@ -1,7 +1,6 @@
 """Bad values fail where they are given, with one-line ValueErrors: the network and NDC options, the NDC
 operands, the planner's options and target name, and nnUNetv2_predict's input channels."""
 import json
-import os
 import subprocess
 import sys
 
