@@ -1,5 +1,5 @@
 """Deconver in nnU-Net's training pipeline, with the paper's optimiser and schedule."""
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import nn
@@ -8,8 +8,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_deconver.network import Deconver
-from nnunetv2_deconver.nnunet.plans import (check_patch_divisible, deconver_kwargs_from_configuration, plans_file_of,
-                                     replace_kernel)
+from nnunetv2_deconver.nnunet.checks import TrainingDivergedError, check_prediction_inputs, check_training_finite
+from nnunetv2_deconver.nnunet.plans import (check_deconver_kwargs, check_patch_divisible, configuration_name_of,
+                                            deconver_kwargs_from_configuration, plans_file_of, replace_kernel)
 from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
 
 
@@ -24,6 +25,12 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
 
     Subclasses change the network through the class attributes or ``network_kwargs``; both are
     class-level because inference builds the network from the class without an instance.
+
+    Checks beyond nnU-Net's: every network value of the plan before any output folder exists
+    (``PlanError`` naming the plans file and configuration); a training loss or weights that are no
+    longer finite stop training at the end of that epoch, before its checkpoints
+    (``TrainingDivergedError``; stock nnU-Net trains on and saves NaN weights); and under
+    ``nnUNetv2_predict`` the input folder's channel files (``check_prediction_inputs``).
     """
     network_class = Deconver
     # None: the plan's kernel sizes; an int replaces every NDC kernel axis > 1 (the stem keeps the plan's)
@@ -46,7 +53,7 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
                        configuration_name: Optional[str] = None) -> dict:
         """Deconver's arguments for this plan (no channels, classes or deep supervision); checked."""
         plans_file = plans_file_of(plans_manager)
-        name = configuration_name or configuration_manager.data_identifier
+        name = configuration_name or configuration_name_of(plans_manager, configuration_manager)
         kwargs = deconver_kwargs_from_configuration(configuration_manager.configuration["architecture"], name,
                                                     plans_file)
         if cls.ndc_kernel_size is not None:
@@ -54,6 +61,7 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
             kwargs["kernel_sizes"] = replace_kernel(kwargs["kernel_sizes"], cls.ndc_kernel_size)
         if cls.checkpoint_blocks:
             kwargs["checkpoint_blocks"] = True
+        check_deconver_kwargs(kwargs, name, plans_file)
         check_patch_divisible(configuration_manager.patch_size, kwargs["strides"], name, plans_file)
         return kwargs
 
@@ -63,6 +71,8 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
                                    enable_deep_supervision: bool = True) -> nn.Module:
         # a classmethod rather than nnU-Net's staticmethod so that subclasses reach their own hooks;
         # nnU-Net calls it the same way on the class (inference) and on the instance (training)
+        if not enable_deep_supervision:
+            check_prediction_inputs(num_input_channels)  # acts only inside nnUNetv2_predict
         return cls.network_class(input_channels=num_input_channels, num_classes=num_output_channels,
                                  deep_supervision=enable_deep_supervision,
                                  **cls.network_kwargs(plans_manager, configuration_manager))
@@ -71,3 +81,15 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
         lr_scheduler = WarmupCosineLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.warmup_fraction)
         return optimizer, lr_scheduler
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        try:
+            check_training_finite(self.current_epoch, float(self.logger.get_value("train_losses", step=-1)),
+                                  self.network.parameters(), self.optimizer.param_groups[0]["lr"])
+        except TrainingDivergedError as error:
+            self.print_to_log_file(str(error))
+            for loader in (self.dataloader_train, self.dataloader_val):  # background augmentation workers
+                if hasattr(loader, "_finish"):
+                    loader._finish()
+            raise

@@ -1,4 +1,6 @@
 """The Deconver U-Net (paper Sec. III-C, Fig. 1), constructed from the topology of an nnU-Net plan."""
+import math
+import numbers
 import pydoc
 from typing import List, Optional, Sequence, Tuple, Type, Union
 
@@ -9,6 +11,7 @@ from torch import nn
 from nnunetv2_deconver.network.blocks import DeconverBlock
 from nnunetv2_deconver.ops.by_dimension import CONV_TRANSPOSED
 from nnunetv2_deconver.ops.dtc import DeformableTransposedConv
+from nnunetv2_deconver.ops.ndc import check_update_options
 
 __all__ = ["Deconver", "DeconverEncoder", "DeconverDecoder", "stride_divisor"]
 
@@ -18,15 +21,19 @@ _UPSAMPLE = ("transposed", "dtc")
 _DIM = {nn.Conv2d: 2, nn.Conv3d: 3}
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _per_axis(value: IntOrSeq, dim: int, name: str) -> Tuple[int, ...]:
-    value = (value,) * dim if isinstance(value, (int, np.integer)) else tuple(int(v) for v in value)
-    if len(value) != dim:
-        raise ValueError(f"{name} must have {dim} entries (one per spatial axis), got {value}")
-    return value
+    value = (value,) * dim if not isinstance(value, (list, tuple)) else tuple(value)
+    if len(value) != dim or not all(_is_int(v) for v in value):
+        raise ValueError(f"{name} must be an integer or {dim} integers (one per spatial axis), got {list(value)}")
+    return tuple(int(v) for v in value)
 
 
 def _per_stage(value, n_stages: int, name: str) -> list:
-    value = [value] * n_stages if isinstance(value, (int, np.integer)) or value is None else list(value)
+    value = list(value) if isinstance(value, (list, tuple)) else [value] * n_stages
     if len(value) != n_stages:
         raise ValueError(f"{name} needs one entry per stage ({n_stages}), got {len(value)}: {value}")
     return value
@@ -39,8 +46,15 @@ def stride_divisor(strides: Sequence[Sequence[int]]) -> Tuple[int, ...]:
 
 def _at_least(value, minimum: int, name: str) -> None:
     values = value if isinstance(value, (list, tuple)) else [value]
-    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < minimum for v in values):
+    if not all(_is_int(v) and v >= minimum for v in values):
         raise ValueError(f"{name} must be integers >= {minimum}, got {value}")
+
+
+def _check_receptive_field(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                              or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"dtc_receptive_field must be a finite number of input pixels > 0 (paper: 2, 4, 10) or "
+                         f"None for unrestricted, got {value!r}")
 
 
 def _stage(blocks: int, channels: int, kernel: Tuple[int, ...], groups, block_kwargs: dict) -> List[nn.Module]:
@@ -139,11 +153,16 @@ class Deconver(nn.Module):
         deep_supervision: return one output per decoder stage, highest resolution first.
         ndc_ratio: source channel ratio R. ndc_groups: NDC groups G (None: one per channel).
         mlp_ratio: MLP expansion alpha. n_blocks_per_stage(_decoder): Deconver blocks per stage.
-        ndc_eps, ndc_iterations: the update's epsilon and iteration count.
+        ndc_eps, ndc_iterations: the update's epsilon (finite, > 0) and iteration count (>= 1).
         stem_kernel_size: the stem conv's kernel (None: ``kernel_sizes[0]``).
         upsample: ``"transposed"`` (the paper's transposed convs) or ``"dtc"`` (each wrapped as the base
             of a deformable transposed convolution, see :mod:`nnunetv2_deconver.ops.dtc`).
-        dtc_receptive_field: DTC's receptive field in input pixels per axis (None: unrestricted).
+        dtc_receptive_field: DTC's receptive field in input pixels per axis, > 0 (None: unrestricted);
+            checked whatever ``upsample`` is, so a plan's typo fails where it is written.
+
+    Raises:
+        ValueError: one line naming the argument, for every value outside these ranges (also under
+            ``python -O``: no asserts).
         checkpoint_blocks: recompute each Deconver block in backward instead of keeping its activations
             (activation checkpointing; same values, less memory, more compute; see ``DeconverBlock``).
     """
@@ -158,6 +177,8 @@ class Deconver(nn.Module):
         super().__init__()
         if upsample not in _UPSAMPLE:
             raise ValueError(f"upsample must be one of {_UPSAMPLE}, got {upsample!r}")
+        _check_receptive_field(dtc_receptive_field)
+        check_update_options(ndc_eps, ndc_iterations)
         if isinstance(conv_op, str):
             conv_op = pydoc.locate(conv_op)
         if conv_op not in _DIM:
@@ -177,13 +198,16 @@ class Deconver(nn.Module):
         _at_least([v for s in strides for v in s], 1, "strides")
         if any(v != 1 for v in strides[0]):
             raise ValueError(f"strides[0] must be 1 on every axis (the stem keeps full resolution), got {strides[0]}")
-        stem_kernel_size = kernel_sizes[0] if stem_kernel_size is None else _per_axis(stem_kernel_size, dim, "stem")
+        stem_kernel_size = kernel_sizes[0] if stem_kernel_size is None else _per_axis(stem_kernel_size, dim,
+                                                                                      "stem_kernel_size")
         _at_least(list(stem_kernel_size), 1, "stem_kernel_size")
         _at_least(ndc_ratio, 1, "ndc_ratio")
         _at_least(mlp_ratio, 1, "mlp_ratio")
+        if not isinstance(checkpoint_blocks, bool):
+            raise ValueError(f"checkpoint_blocks must be true or false, got {checkpoint_blocks!r}")
         groups = _per_stage(ndc_groups, n_stages, "ndc_groups")
         for c, g in zip(features_per_stage, groups):
-            if g is not None and (isinstance(g, bool) or not isinstance(g, (int, np.integer)) or g < 1 or c % g):
+            if g is not None and (not _is_int(g) or g < 1 or c % g):
                 raise ValueError(f"ndc_groups={g} must be a positive integer dividing every stage's width; "
                                  f"{c} is not divisible")
         self.strides = strides

@@ -2,28 +2,38 @@
 
 nnU-Net's planners cannot be plugged in by name, so this derives Deconver plans from the stock ones:
 the same spacing, normalisation and preprocessed data (the ``data_identifier`` is kept, nothing is
-re-preprocessed), the same stages, strides and kernel sizes, the paper's widths ``min(C0 * 2^l, 512)``,
-and the patch and batch size that the Deconver memory model (``nnunetv2_deconver.nnunet.memory_model``) fits into
-the GPU memory target. Then ``nnUNetv2_train D CONFIG FOLD -tr nnUNetTrainerDeconver -p nnUNetDeconverPlans``.
+re-preprocessed), the same stages, strides and kernel sizes, and the dataset-independent Deconver settings
+of a fragment of ``plans_overrides/`` (default ``deconver_k3``; ``-kernel 5``: ``deconver_k5``;
+``-fragment``: another), with the paper's widths ``min(C0 * 2^l, 512)`` and the patch and batch size that
+the Deconver memory model (``nnunetv2_deconver.nnunet.memory_model``) fits into the GPU memory target.
+It never writes over nnU-Net's own plans, nor over a file it did not write itself (``--force`` for the
+latter). Then ``nnUNetv2_train D CONFIG FOLD -tr nnUNetTrainerDeconver -p nnUNetDeconverPlans``.
 """
 import argparse
 import copy
+import math
 import os
+import re
 import sys
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
 from nnunetv2_deconver.nnunet.files import load_json, write_json_atomic
-from nnunetv2_deconver.nnunet.plans import DECONVER_CLASS_NAME, PlanError, replace_kernel
+from nnunetv2_deconver.nnunet.plans import (DEFAULT_FRAGMENTS, PlanError, check_deconver_kwargs, fill_fragment,
+                                            load_fragment)
 from nnunetv2_deconver.network.deconver import stride_divisor
-from nnunetv2_deconver.network.presets import paper_widths
 
-__all__ = ["deconver_configuration", "plan_dataset", "main"]
+__all__ = ["deconver_configuration", "plan_dataset", "check_plans_name", "MARKER", "main"]
 
 SUPPORTED = ("2d", "3d_fullres", "3d_lowres")
 MIN_BATCH_SIZE = 2  # nnU-Net's UNet_min_batch_size
 MAX_DATASET_COVERED = 0.05  # nnU-Net's cap: one batch sees at most 5% of the dataset's voxels
+MAX_BASE_CHANNELS = 512  # the paper's width cap: a larger C0 gives every stage 512 channels
+# top-level key naming this command as the writer (nnU-Net reads plans by key and ignores unknown ones)
+MARKER = "deconver_planner"
+# plans files nnU-Net's own planners write: never replaced
+_NNUNET_PLANS = re.compile(r"nnUNetPlans|nnUNetResEnc.*Plans")
 
 
 def _training_bytes(arch_kwargs: dict, input_channels: int, num_classes: int, patch_size, batch_size: int) -> float:
@@ -38,21 +48,22 @@ def _training_bytes(arch_kwargs: dict, input_channels: int, num_classes: int, pa
 
 
 def deconver_configuration(stock: dict, input_channels: int, num_classes: int, dataset_voxels: float,
-                           gpu_memory_gb: float, base_channels: int = 32, kernel: int = 3) -> dict:
-    """A Deconver plan configuration derived from a stock U-Net configuration.
+                           gpu_memory_gb: float, base_channels: int = 32, fragment: Optional[dict] = None,
+                           configuration_name: str = "3d_fullres", fragment_file: str = "deconver_k3") -> dict:
+    """A Deconver plan configuration: the stock U-Net configuration ``stock`` (resolved), updated with the
+    fragment (default ``deconver_k3``) filled from it, as nnU-Net merges a configuration with the one it
+    inherits from; the result inherits nothing (``inherits_from`` dropped), so it stands alone.
 
     The patch starts at the stock patch and, while batch size 2 does not fit ``gpu_memory_gb``,
     loses one stride-product step on its largest axis (the stock planner's patch is already capped
     by the median image size, so it never grows). The batch size is then the most that fits, capped
     as nnU-Net caps it (5% of the dataset's voxels, at least 2).
     """
-    arch = stock["architecture"]["arch_kwargs"]
-    n_stages = arch["n_stages"]
-    kwargs = {"n_stages": n_stages, "features_per_stage": paper_widths(base_channels, n_stages),
-              "conv_op": arch["conv_op"], "kernel_sizes": replace_kernel(arch["kernel_sizes"], kernel),
-              "strides": [list(s) for s in arch["strides"]], "ndc_ratio": 4, "mlp_ratio": 4,
-              "n_blocks_per_stage": 1, "n_blocks_per_stage_decoder": 1,
-              "stem_kernel_size": list(arch["kernel_sizes"][0])}
+    fragment = load_fragment(DEFAULT_FRAGMENTS[3])[0] if fragment is None else fragment
+    filled = fill_fragment(fragment, configuration_name, stock, base_channels)
+    filled.pop("inherits_from", None)
+    kwargs = filled["architecture"]["arch_kwargs"]
+    check_deconver_kwargs(kwargs, configuration_name, fragment_file)
     target = gpu_memory_gb * 2 ** 30
     divisor = np.array(stride_divisor(kwargs["strides"]), dtype=np.int64)
     patch = np.array(stock["patch_size"], dtype=np.int64)
@@ -68,13 +79,30 @@ def deconver_configuration(stock: dict, input_channels: int, num_classes: int, d
     fixed = _training_bytes(kwargs, input_channels, num_classes, patch, 0)
     batch = int((target - fixed) // per_sample)
     cap = round(dataset_voxels * MAX_DATASET_COVERED / np.prod(patch, dtype=np.float64))
-    batch = max(min(batch, cap), MIN_BATCH_SIZE)
     configuration = copy.deepcopy(stock)
+    configuration.pop("inherits_from", None)
+    configuration.update(filled)
     configuration["patch_size"] = patch.tolist()
-    configuration["batch_size"] = batch
-    configuration["architecture"] = {"network_class_name": DECONVER_CLASS_NAME, "arch_kwargs": kwargs,
-                                     "_kw_requires_import": ["conv_op"]}
+    configuration["batch_size"] = max(min(batch, cap), MIN_BATCH_SIZE)
     return configuration
+
+
+def check_plans_name(plans_name: str, source_plans: str, target: str, force: bool) -> None:
+    """Raise PlanError unless writing ``target`` (``plans_name.json``) is safe: never nnU-Net's own plans
+    or the source, and an existing file only where this command wrote it (or ``force``)."""
+    if plans_name == source_plans or _NNUNET_PLANS.fullmatch(plans_name) or not plans_name or \
+            os.sep in plans_name:
+        raise PlanError(f"-overwrite_plans_name {plans_name!r} would replace nnU-Net's own or the source plans "
+                        f"(-source_plans {source_plans}); choose another name, e.g. nnUNetDeconverPlans")
+    if force or not os.path.exists(target):
+        return
+    try:
+        existing = load_json(target)
+    except ValueError:
+        existing = None
+    if not isinstance(existing, dict) or MARKER not in existing:
+        raise PlanError(f"{target} exists and was not written by nnUNetv2_deconver_plan; choose another "
+                        f"-overwrite_plans_name, or add --force to replace it")
 
 
 def _load_json(path: str, what: str, fix: str) -> dict:
@@ -88,11 +116,16 @@ def _load_json(path: str, what: str, fix: str) -> dict:
 
 
 def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, base_channels: int = 32,
-                 kernel: int = 3, source_plans: str = "nnUNetPlans", plans_name: str = "nnUNetDeconverPlans") -> str:
-    """Write ``plans_name.json`` for ``dataset`` (id or name); return its path."""
+                 fragment: str = "deconver_k3", source_plans: str = "nnUNetPlans",
+                 plans_name: str = "nnUNetDeconverPlans", force: bool = False) -> str:
+    """Write ``plans_name.json`` for ``dataset`` (id or name) from the fragment (a shipped name or a
+    ``.json`` file); return its path. Everything is checked before the file is written, at once."""
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2_deconver import __version__
+    check_options(gpu_memory_gb, base_channels)
+    fragment_json, fragment_file = load_fragment(fragment)
     if not nnUNet_preprocessed.is_set():
         raise PlanError("nnUNet_preprocessed is not set; export it (see `nnunetv2_deconver env`)")
     try:
@@ -101,6 +134,8 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
         raise PlanError(f"dataset {dataset} not found under nnUNet_raw, nnUNet_preprocessed or nnUNet_results "
                         f"(nnUNet_preprocessed={nnUNet_preprocessed.get()}); check the id and the exports") from None
     folder = os.path.join(nnUNet_preprocessed.get(), name)
+    target = os.path.join(folder, plans_name + ".json")
+    check_plans_name(plans_name, source_plans, target, force)
     source_file = os.path.join(folder, source_plans + ".json")
     plan_first = f"run nnUNetv2_plan_and_preprocess -d {dataset} -c {' '.join(configurations)} first"
     plans = _load_json(source_file, "the stock plans this command starts from", plan_first)
@@ -118,6 +153,8 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
     input_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
     out = copy.deepcopy(plans)
     out["plans_name"] = plans_name
+    out[MARKER] = {"version": __version__, "source_plans": source_plans, "fragment": fragment_file,
+                   "base_channels": base_channels, "gpu_memory_target": gpu_memory_gb}
     out["configurations"] = {}
     for c in configurations:
         stock = manager.get_configuration(c).configuration  # resolves "inherits_from"
@@ -131,8 +168,7 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
             voxels_per_case *= plans["original_median_shape_after_transp"][0]
         configuration = deconver_configuration(stock, input_channels, num_classes,
                                                voxels_per_case * dataset_json["numTraining"], gpu_memory_gb,
-                                               base_channels, kernel)
-        configuration.pop("inherits_from", None)
+                                               base_channels, fragment_json, c, fragment_file)
         out["configurations"][c] = configuration
         data = os.path.join(folder, configuration["data_identifier"])
         reuse = "reuses" if os.path.isdir(data) else "will read (not preprocessed yet: run nnUNetv2_preprocess)"
@@ -140,32 +176,52 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
               f"{configuration['batch_size']} (stock {stock['batch_size']}), widths "
               f"{configuration['architecture']['arch_kwargs']['features_per_stage']}; {reuse} {data} "
               f"(spacing unchanged)", file=sys.stderr)
-    target = os.path.join(folder, plans_name + ".json")
     write_json_atomic(out, target)
     return target
+
+
+def check_options(gpu_memory_gb, base_channels) -> None:
+    """Raise PlanError unless the memory target is a finite number of GB > 0 and C0 an integer in 1..512."""
+    if isinstance(gpu_memory_gb, bool) or not isinstance(gpu_memory_gb, (int, float)) or \
+            not math.isfinite(gpu_memory_gb) or gpu_memory_gb <= 0:
+        raise PlanError(f"-gpu_memory_target must be a finite number of GB > 0 (e.g. 8, nnU-Net's reference), "
+                        f"got {gpu_memory_gb}")
+    if isinstance(base_channels, bool) or not isinstance(base_channels, int) or \
+            not 1 <= base_channels <= MAX_BASE_CHANNELS:
+        raise PlanError(f"-base_channels must be an integer from 1 to {MAX_BASE_CHANNELS} (the paper: 32 or 64), "
+                        f"got {base_channels}")
 
 
 DESCRIPTION = __doc__.split("\n\n")[0]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """nnU-Net's flag style (as ``nnUNetv2_plan_and_preprocess``): options with a value take one dash."""
+    """nnU-Net's flag style (as ``nnUNetv2_plan_and_preprocess``): options with a value take one dash,
+    switches two."""
     parser.add_argument("-d", required=True, nargs="+", help="dataset id(s) or name(s)")
     parser.add_argument("-c", nargs="+", default=["2d", "3d_fullres"], help="configurations (default: 2d 3d_fullres)")
     parser.add_argument("-gpu_memory_target", type=float, default=8.0,
                         help="GPU memory in GB to fit training into (default 8, nnU-Net's reference)")
-    parser.add_argument("-kernel", "--kernel", dest="kernel", type=int, choices=(3, 5), default=3, help="NDC kernel size (paper: 3 or 5)")
-    parser.add_argument("-base_channels", "--base_channels", dest="base_channels", type=int, default=32, help="C0 in min(C0 * 2^l, 512) (default 32)")
+    parser.add_argument("-kernel", "--kernel", dest="kernel", type=int, choices=sorted(DEFAULT_FRAGMENTS),
+                        help="NDC kernel size (paper: 3 or 5): the fragment deconver_k3 (default) or deconver_k5")
+    parser.add_argument("-fragment", help="a plans fragment: a shipped name (deconver_k3, deconver_k5, deconver_dtc) "
+                                          "or a .json file in the format of plans_overrides/")
+    parser.add_argument("-base_channels", "--base_channels", dest="base_channels", type=int, default=32,
+                        help="C0 in min(C0 * 2^l, 512) (default 32)")
     parser.add_argument("-source_plans", default="nnUNetPlans", help="the stock plans to start from")
     parser.add_argument("-overwrite_plans_name", default="nnUNetDeconverPlans", help="name of the plans written")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing file of that name that this command did not write")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        if args.kernel is not None and args.fragment is not None:
+            raise PlanError("give -kernel or -fragment, not both (a fragment fixes the kernel)")
+        fragment = args.fragment or DEFAULT_FRAGMENTS[args.kernel or 3]
         for dataset in args.d:
-            configurations = [c for c in args.c]
-            path = plan_dataset(dataset, configurations, args.gpu_memory_target, args.base_channels, args.kernel,
-                                args.source_plans, args.overwrite_plans_name)
+            path = plan_dataset(dataset, list(args.c), args.gpu_memory_target, args.base_channels, fragment,
+                                args.source_plans, args.overwrite_plans_name, args.force)
             print(f"wrote {path}; train with: nnUNetv2_train {dataset} CONFIGURATION FOLD -tr nnUNetTrainerDeconver "
                   f"-p {args.overwrite_plans_name}")
     except PlanError as e:

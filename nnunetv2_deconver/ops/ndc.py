@@ -26,7 +26,8 @@ from nnunetv2_deconver.ops.precision import autocast_disabled
 
 __all__ = ["nonnegative_deconvolution", "NDC", "check_update_options"]
 
-
+# True while torch.compile traces (torch >= 2.3); the value check would break the graph there
+_compiling = getattr(torch.compiler, "is_compiling", lambda: False)
 
 def _check_shapes(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int) -> Tuple[int, ...]:
     """Validate the three operands; return the filter's kernel size. Raises ValueError naming the sizes."""
@@ -50,6 +51,22 @@ def _check_shapes(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, 
     return kernel
 
 
+def _check_nonnegative(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor) -> None:
+    """Raise ValueError naming the operands with a negative entry: one reduction each, one host sync."""
+    operands = {"x": x, "source": source, "filters": filters}
+    if x.device.type == "meta" or any(t.numel() == 0 for t in operands.values()):
+        return
+    minima = torch.stack([t.detach().amin().to(device=x.device, dtype=torch.float64) for t in operands.values()])
+    negative = [f"{name} (min {m:g})" for name, m in zip(operands, minima.tolist()) if m < 0]
+    if negative:
+        raise ValueError(f"the NDC update is defined for nonnegative operands; {', '.join(negative)} negative: "
+                         f"pass relu(...) of them, or check_nonnegative=False where negatives are intended")
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
 def check_update_options(eps: float, iterations: int, zero_eps_allowed: bool = False) -> None:
     """Raise ValueError unless ``eps`` is a finite number > 0 (>= 0 with ``zero_eps_allowed``) and
     ``iterations`` an integer >= 1.
@@ -62,7 +79,7 @@ def check_update_options(eps: float, iterations: int, zero_eps_allowed: bool = F
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or not smallest_ok(eps):
         bound = ">= 0" if zero_eps_allowed else "> 0"
         raise ValueError(f"NDC eps must be a finite number {bound} (the paper's is 1e-8), got {eps!r}")
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral) or iterations < 1:
+    if not _positive_int(iterations):
         raise ValueError(f"NDC iterations must be an integer >= 1, got {iterations!r}")
 
 
@@ -79,7 +96,8 @@ def _naive_update(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, 
 
 
 def nonnegative_deconvolution(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int,
-                              eps: float = 1e-8, iterations: int = 1, implementation: str = "auto") -> torch.Tensor:
+                              eps: float = 1e-8, iterations: int = 1, implementation: str = "auto",
+                              check_nonnegative: bool = True) -> torch.Tensor:
     """Refine a nonnegative source by the multiplicative NDC update (paper eq. 7, iterated as eq. 3).
 
     ``S_{t+1} = S_t * (A(x) + eps) / (A(K(S_t)) + eps)`` where ``K(S) = S * V`` is the grouped
@@ -95,12 +113,23 @@ def nonnegative_deconvolution(x: torch.Tensor, source: torch.Tensor, filters: to
         iterations: number of updates.
         implementation: ``"auto"`` (:func:`select_implementation`) or one of ``IMPLEMENTATIONS``; all
             give the same values up to float rounding, and only ``"naive"`` supports double backward.
+        check_nonnegative: raise ValueError if ``x``, ``source`` or ``filters`` has a negative entry (three
+            reductions and one host sync per call; skipped while ``torch.compile`` traces). Callers that
+            guarantee nonnegativity, such as :class:`NDC` (ReLU outputs), pass False.
 
     Returns:
-        ``S^(iterations)``, ``(B, E, *spatial)``, float32 under autocast, else the inputs' dtype.
+        ``S^(iterations)``, ``(B, E, *spatial)``, in ``promote_types(x.dtype, source.dtype, float32)``:
+        float32 for float16, bfloat16 and float32 inputs, float64 if ``x`` or ``source`` is float64;
+        the same inside and outside autocast (the update always runs in at least fp32).
+
+    Raises:
+        ValueError: mismatched shapes, an even kernel, ``groups`` not dividing C and E, ``eps`` not finite
+            and >= 0, ``iterations`` < 1, an unknown ``implementation``, or a negative operand.
     """
     kernel = _check_shapes(x, source, filters, groups)
     check_update_options(eps, iterations, zero_eps_allowed=True)
+    if check_nonnegative and not _compiling():
+        _check_nonnegative(x, source, filters)
     if implementation == "auto":
         implementation = select_implementation(x)
     if implementation not in IMPLEMENTATIONS:
@@ -128,13 +157,15 @@ class NDC(nn.Module):
         super().__init__()
         kernel_size = tuple(kernel_size)
         groups = channels if groups is None else groups
-        source_channels = ratio * channels
-        if len(kernel_size) not in (1, 2, 3) or any(k < 1 or k % 2 == 0 for k in kernel_size):
-            raise ValueError(f"NDC supports odd kernel sizes in 1-3 dims only, got {kernel_size}")
-        if groups < 1 or channels % groups:
-            raise ValueError(f"NDC groups={groups} must divide the channel count {channels}")
-        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Integral) or ratio < 1:
+        if not _positive_int(channels):
+            raise ValueError(f"NDC channels must be an integer >= 1, got {channels!r}")
+        if len(kernel_size) not in (1, 2, 3) or not all(_positive_int(k) and k % 2 for k in kernel_size):
+            raise ValueError(f"NDC supports odd kernel sizes (integers) in 1-3 dims only, got {kernel_size}")
+        if not _positive_int(groups) or channels % groups:
+            raise ValueError(f"NDC groups={groups!r} must be an integer >= 1 dividing the channel count {channels}")
+        if not _positive_int(ratio):
             raise ValueError(f"NDC ratio R must be an integer >= 1, got {ratio!r}")
+        source_channels = ratio * channels
         check_update_options(eps, iterations)
         conv_op = CONV[len(kernel_size)]
         self.groups, self.eps, self.iterations = groups, eps, iterations
@@ -155,8 +186,9 @@ class NDC(nn.Module):
             # the update (and its backward) three conversions of R*C-channel tensors.
             x = x.contiguous(memory_format=layout)
         source = F.relu(self.project(x))
+        # every operand is a ReLU output: the nonnegativity check would only cost a host sync per layer
         output = nonnegative_deconvolution(x, source, F.relu(self.filters), self.groups, self.eps, self.iterations,
-                                           implementation)
+                                           implementation, check_nonnegative=False)
         return output.contiguous(memory_format=caller_layout)  # a no-op when the caller is channels-last
 
     def extra_repr(self) -> str:

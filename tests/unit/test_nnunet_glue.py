@@ -182,3 +182,109 @@ def test_trainers_build_from_the_plan_topology():
     manager, configuration = _manager([[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], [8, 8, 8],
                                       "nnunetv2_deconver.network.Deconver", {"ndc_ratio": 2})
     assert nnUNetTrainerDeconver.build_network_architecture(manager, configuration, 1, 2, True).ndc_ratio == 2
+
+
+def test_shipped_fragments_are_json_and_load():
+    from nnunetv2_deconver.nnunet.plans import fragment_folder, load_fragment, shipped_fragments
+    assert {"deconver_k3", "deconver_k5", "deconver_dtc"} <= set(shipped_fragments())
+    for name in shipped_fragments():
+        with open(os.path.join(fragment_folder(), name + ".json")) as f:
+            raw = json.load(f)
+        fragment, path = load_fragment(name)
+        assert fragment == raw and path.endswith(name + ".json")
+    assert os.path.isfile(os.path.join(fragment_folder(), "README.md"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.update(spacing=[1, 1, 1]), r"unknown key\(s\) \['spacing'\]"),
+    (lambda f: f["architecture"]["arch_kwargs"].update(n_conv_per_stage=[2]), "arch_kwargs.n_conv_per_stage"),
+    (lambda f: f["architecture"]["arch_kwargs"].update(strides="$stride"), r"unknown placeholder\(s\) \['\$stride'\]"),
+    (lambda f: f["architecture"]["arch_kwargs"].update(kernel_sizes="$kernel_sizes:4"), "unknown placeholder"),
+    (lambda f: f.update(patch_size=[64, 64, 64]), r"\['patch_size'\] must be"),
+    (lambda f: f["architecture"].update(network_class_name="PlainConvUNet"), "must name Deconver"),
+])
+def test_a_bad_fragment_is_refused_in_one_line(tmp_path, change, message):
+    from nnunetv2_deconver.nnunet.plans import load_fragment
+    fragment = load_fragment("deconver_k3")[0]
+    change(fragment)
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(fragment))
+    with pytest.raises(PlanError, match=message) as error:
+        load_fragment(str(path))
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    with pytest.raises(PlanError, match="not found.*deconver_k3"):
+        load_fragment("deconver_k7")
+
+
+def test_planner_output_is_the_stock_configuration_merged_with_the_filled_fragment():
+    from nnunetv2_deconver.nnunet.plans import load_fragment
+    strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
+    stock = _stock([16, 32, 32], [20, 40, 40], strides)
+    stock["architecture"]["arch_kwargs"]["kernel_sizes"] = [[1, 3, 3], [3, 3, 3], [3, 3, 3]]
+    stock.update(spacing=[3.0, 1.0, 1.0], normalization_schemes=["ZScoreNormalization"])
+    config = deconver_configuration(stock, 1, 3, 10 * 20 * 40 * 40, 8, base_channels=16,
+                                    fragment=load_fragment("deconver_k5")[0], configuration_name="3d_fullres")
+    # written from deconver_k5.json and the stock configuration above: placeholders filled, the rest verbatim
+    expected_kwargs = {"n_stages": 3, "features_per_stage": [16, 32, 64], "conv_op": "torch.nn.Conv3d",
+                       "kernel_sizes": [[1, 5, 5], [5, 5, 5], [5, 5, 5]], "strides": strides,
+                       "stem_kernel_size": [1, 3, 3], "ndc_ratio": 4, "ndc_groups": None, "mlp_ratio": 4,
+                       "n_blocks_per_stage": 1, "n_blocks_per_stage_decoder": 1, "ndc_eps": 1e-8,
+                       "ndc_iterations": 1, "upsample": "transposed"}
+    assert config["architecture"] == {"network_class_name": "nnunetv2_deconver.network.Deconver",
+                                      "arch_kwargs": expected_kwargs, "_kw_requires_import": ["conv_op"]}
+    assert "inherits_from" not in config
+    for key in ("spacing", "normalization_schemes", "data_identifier", "median_image_size_in_voxels"):
+        assert config[key] == stock[key]
+    # this small network fits 8 GB at the stock patch; the batch is nnU-Net's 5% cap: 0.05 * 16000 * 10 / 16384
+    assert config["patch_size"] == [16, 32, 32] and config["batch_size"] == max(round(8000 / 16384), 2)
+    dtc = deconver_configuration(stock, 1, 3, 1e6, 8, fragment=load_fragment("deconver_dtc")[0])
+    assert dtc["architecture"]["arch_kwargs"]["upsample"] == "dtc"
+    assert dtc["architecture"]["arch_kwargs"]["dtc_receptive_field"] == 2.0
+
+
+def _hand_merged_plans(arch_kwargs_change=None):
+    """Stock 3d_fullres plus a configuration merged by hand as plans_overrides/README.md shows."""
+    from nnunetv2_deconver.nnunet.plans import load_fragment
+    stock = _stock([16, 16, 16], [16, 16, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]])
+    fragment = load_fragment("deconver_k5")[0]
+    fragment["inherits_from"] = "3d_fullres"
+    del fragment["patch_size"], fragment["batch_size"]  # inherited from 3d_fullres
+    fragment["architecture"]["arch_kwargs"].update(
+        n_stages=3, features_per_stage=[8, 16, 32], conv_op="torch.nn.modules.conv.Conv3d",
+        kernel_sizes=[[5, 5, 5]] * 3, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], stem_kernel_size=[3, 3, 3])
+    fragment["architecture"]["arch_kwargs"].update(arch_kwargs_change or {})
+    return {"dataset_name": "Dataset998_X", "plans_name": "nnUNetPlans", "deconver_planner": {"version": "x"},
+            "configurations": {"3d_fullres": stock, "3d_fullres_deconver": fragment}}
+
+
+def test_hand_merged_configuration_builds_through_nnunet_and_the_trainer():
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2_deconver.network import Deconver
+    from nnunetv2_deconver.nnunet.plans import configuration_name_of
+    from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconver
+    manager = PlansManager(_hand_merged_plans())  # the unknown top-level marker key is ignored
+    configuration = manager.get_configuration("3d_fullres_deconver")
+    assert configuration.data_identifier == "nnUNetPlans_x" and configuration.patch_size == [16, 16, 16]
+    assert configuration_name_of(manager, configuration) == "3d_fullres_deconver"
+    network = nnUNetTrainerDeconver.build_network_architecture(manager, configuration, 1, 3, True)
+    assert isinstance(network, Deconver) and network.features_per_stage == [8, 16, 32]
+    assert network.kernel_sizes == [(5, 5, 5)] * 3 and network.stem_kernel_size == (3, 3, 3)
+    # stock nnUNetTrainer builds it the same way (nnU-Net's own get_network_from_plans)
+    stock_built = get_network_from_plans(configuration.network_arch_class_name,
+                                         configuration.network_arch_init_kwargs,
+                                         configuration.network_arch_init_kwargs_req_import, 1, 3, deep_supervision=True)
+    assert type(stock_built) is Deconver and stock_built.kernel_sizes == network.kernel_sizes
+
+
+@pytest.mark.parametrize("change, message", [({"ndc_eps": 0}, "eps must be a finite number > 0"),
+                                             ({"ndc_iterations": 0}, "iterations"),
+                                             ({"upsample": "nearest"}, "upsample"),
+                                             ({"strides": "$strides"}, r"unfilled placeholders.*strides")])
+def test_a_bad_plan_value_names_file_and_configuration(change, message):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconver
+    manager = PlansManager(_hand_merged_plans(change))
+    configuration = manager.get_configuration("3d_fullres_deconver")
+    with pytest.raises(PlanError, match=rf"Dataset998_X.nnUNetPlans.json: configuration '3d_fullres_deconver'.*{message}"):
+        nnUNetTrainerDeconver.network_kwargs(manager, configuration)

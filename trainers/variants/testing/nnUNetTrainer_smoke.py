@@ -16,3 +16,11 @@ class nnUNetTrainerDeconverDTC_smoke(SmokeRun, nnUNetTrainerDeconverDTC):
 
 class nnUNetTrainerUNetDTC_smoke(SmokeRun, nnUNetTrainerUNetDTC):
     """Stock U-Net with DTC, with the smoke schedule."""
+
+
+class nnUNetTrainerDeconver_smoke_nan(SmokeRun, nnUNetTrainerDeconver):
+    """Deconver with the smoke schedule fed NaN images, as a corrupt case would feed it: the loss turns NaN
+    in the first step, which must stop training before any checkpoint is written."""
+
+    def train_step(self, batch: dict) -> dict:
+        return super().train_step(dict(batch, data=batch["data"] * float("nan")))
