@@ -12,9 +12,10 @@ from nnunetv2_deconver.nnunet.checks import TrainingDivergedError, check_predict
 from nnunetv2_deconver.nnunet.plans import (check_deconver_kwargs, check_patch_divisible, configuration_name_of,
                                             deconver_kwargs_from_configuration, plans_file_of, replace_kernel)
 from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
+from nnunetv2_deconver.nnunet.trainer_mixins import PeakGPUMemoryLog
 
 
-class nnUNetTrainerDeconver(nnUNetTrainer):
+class nnUNetTrainerDeconver(PeakGPUMemoryLog, nnUNetTrainer):
     """nnU-Net's trainer with Deconver as the network.
 
     With a U-Net plan (e.g. the stock ``nnUNetPlans``) Deconver takes that plan's stages, widths,
@@ -30,7 +31,9 @@ class nnUNetTrainerDeconver(nnUNetTrainer):
     (``PlanError`` naming the plans file and configuration); a training loss or weights that are no
     longer finite stop training at the end of that epoch, before its checkpoints
     (``TrainingDivergedError``; stock nnU-Net trains on and saves NaN weights); and under
-    ``nnUNetv2_predict`` the input folder's channel files (``check_prediction_inputs``).
+    ``nnUNetv2_predict`` the input folder's channel files (``check_prediction_inputs``). On a GPU each
+    epoch's peak memory goes to the training log (``PeakGPUMemoryLog``), as ``nnUNetTrainerWithMemoryLog``
+    does for stock nnU-Net, for ``nnunetv2_deconver compare``.
     """
     network_class = Deconver
     # None: the plan's kernel sizes; an int replaces every NDC kernel axis > 1 (the stem keeps the plan's)
