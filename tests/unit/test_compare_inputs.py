@@ -15,7 +15,7 @@ from nnunetv2_deconver.tools.compare.label_files import (LabelFileError, LabelMa
 from nnunetv2_deconver.tools.compare.runs import read_dataset_json, read_plans_json
 
 from helpers.processes import BIN
-from test_compare import CASES, DATASET, SHAPE, SPACING_XYZ, TRAINERS, _write, results  # noqa: F401 (fixture)
+from helpers.compare_results import CASES, DATASET, SHAPE, SPACING_XYZ, TRAINERS, write_label
 
 NIFTI1_HEADER_BYTES = 352  # 348-byte header + 4-byte extension flag of a single-file NIfTI-1
 
@@ -42,7 +42,7 @@ def _truncate(path):
 def test_complete_files_pass_and_cut_files_do_not(tmp_path):
     for ending in (".nii.gz", ".nii"):
         path = str(tmp_path / f"seg{ending}")
-        _write(_blob(), path)
+        write_label(_blob(), path)
         check_complete(path)
         assert read_label_map(_reader(), path).labels.sum() == 64
         # SimpleITK reads the first half of such a file without complaint
@@ -51,7 +51,7 @@ def test_complete_files_pass_and_cut_files_do_not(tmp_path):
             check_complete(path)
     # an uncompressed NIfTI cut after its header: the header announces every voxel's byte
     path = str(tmp_path / "header_only.nii")
-    _write(_blob(), path)
+    write_label(_blob(), path)
     with open(path, "r+b") as f:
         f.truncate(NIFTI1_HEADER_BYTES + 10)
     expected = NIFTI1_HEADER_BYTES + int(np.prod(SHAPE))  # uint8: one byte per voxel
@@ -67,7 +67,7 @@ def test_complete_files_pass_and_cut_files_do_not(tmp_path):
         check_complete(str(not_gzip))
     # a complete gzip stream of half a NIfTI file: the stream is fine, the voxels are not all there
     nifti = tmp_path / "seg.nii"
-    _write(_blob(), str(nifti))
+    write_label(_blob(), str(nifti))
     half = tmp_path / "half.nii.gz"
     half.write_bytes(gzip.compress(nifti.read_bytes()[:NIFTI1_HEADER_BYTES + 100]))
     with pytest.raises(LabelFileError, match="is truncated"):
@@ -194,7 +194,7 @@ def _direction(root):
 def _reference_label(root):
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(_reference(root))))
     seg[0, 0, 0] = 5
-    _write(seg, str(_reference(root)))
+    write_label(seg, str(_reference(root)))
     return "case case_001: reference label {reference} holds labels [5] that dataset.json does not define " \
            "(it defines [0, 1, 2])"
 

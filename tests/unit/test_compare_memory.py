@@ -6,7 +6,7 @@ from nnunetv2_deconver.nnunet.trainer_mixins import PeakGPUMemoryLog
 from nnunetv2_deconver.tools.compare import main
 from nnunetv2_deconver.tools.compare.costs import training_log_costs
 
-from test_compare import DATASET, TRAINERS, results  # noqa: F401 (fixture)
+from helpers.compare_results import DATASET, TRAINERS
 
 
 class _Trainer:

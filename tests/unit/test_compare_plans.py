@@ -6,7 +6,7 @@ import os
 
 from nnunetv2_deconver.tools.compare import main
 
-from test_compare import CASES, DATASET, TRAINERS, results  # noqa: F401 (fixture)
+from helpers.compare_results import CASES, DATASET, TRAINERS
 
 RESENC = "nnUNetResEncUNetMPlans"
 
