@@ -1,0 +1,168 @@
+"""Selective recomputation for the two halves of a Deconver block: exact gradients, a fraction of the memory.
+
+A pre-norm block computes ``z = x + mixer(norm1(x))`` and ``y = z + mlp(norm2(z))``. Plain autograd keeps
+about 22 C values per voxel of each block for backward (norm inputs and outputs, the ReLU output, the
+source ``S0`` (R*C), ``K(S0)``, the NDC output (R*C), the MLP's hidden layer twice (alpha*C each)).
+
+Here each half is one autograd function that keeps only its input (C values per voxel):
+
+* :class:`PreNormMixer` keeps ``x``. Backward recomputes ``norm1(x)``, ``h = relu(W_in n)``,
+  ``S0 = relu(W_p h + b_p)`` (two 1x1 convolutions) and ``K(S0)`` (one stencil); the NDC backward
+  recomputes ``A(h)`` and ``A(K(S0))`` as it always does, and the NDC output that ``W_out``'s gradient
+  needs is formed from those same ``N`` and ``D`` (one elementwise product), so the update itself is not
+  run again.
+* :class:`PreNormMlp` keeps ``z``. Backward recomputes ``norm2(z)`` and ``GELU(fc1(.))`` (one 1x1
+  convolution); ``fc2`` is not run again, its three gradients come from ``convolution_backward``.
+
+The recomputed values are bit-identical to the forward's (the same operators on the same inputs), so
+the gradients are those of plain autograd. Saved per block: ``x`` and ``z``, ``2 C`` values per voxel.
+Double backward is not supported (a backward asked to build a graph raises a RuntimeError); the block's
+plain path (``DeconverBlock.recompute = False``) is twice differentiable with the naive NDC.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV_FN
+from nnunetv2_deconver.ops.ndc_autograd import _Operators, memory_format_of, update_backward
+from nnunetv2_deconver.ops.ndc_dispatch import select_implementation
+
+__all__ = ["PreNormMixer", "PreNormMlp"]
+
+
+def _refuse_double_backward() -> None:
+    if torch.is_grad_enabled():
+        raise RuntimeError("Deconver block: the recomputing backward has no double backward (create_graph=True); "
+                           "set DeconverBlock.recompute = False and force_implementation('naive') for higher "
+                           "derivatives")
+
+
+def _leaf(tensor: torch.Tensor, needed: bool) -> torch.Tensor:
+    return tensor.detach().requires_grad_(needed)
+
+
+def _pointwise_weight_grad(grad: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: bool):
+    """``(dL/dinput, dL/dweight, dL/dbias)`` of a 1x1 convolution with stride 1 (``None`` where not asked)."""
+    dim = weight.dim() - 2
+    ones, zeros = [1] * dim, [0] * dim
+    return torch.ops.aten.convolution_backward(grad, inputs, weight, [weight.shape[0]] if bias else None, ones,
+                                               zeros, ones, False, zeros, 1, [True, True, bias])
+
+
+class PreNormMixer(torch.autograd.Function):
+    """``mixer(norm(x))`` for a :class:`~nnunetv2_deconver.network.blocks.DeconvMixer`; saves only ``x``.
+
+    ``x``: ``(B, C, *spatial)``; output ``(B, C, *spatial)`` in ``x``'s layout. The parameters are passed
+    as inputs (in the order of :meth:`inputs_of`) so that autograd routes their gradients here.
+    """
+
+    @staticmethod
+    def inputs_of(mixer) -> tuple:
+        return (mixer.project_in.weight, mixer.ndc.project.weight, mixer.ndc.project.bias, mixer.ndc.filters,
+                mixer.project_out.weight, mixer.project_out.bias)
+
+    @staticmethod
+    def forward(ctx, x, norm, mixer, *parameters):
+        ctx.norm, ctx.mixer = norm, mixer
+        ctx.implementation = select_implementation(x)
+        ctx.save_for_backward(x)
+        return mixer(norm(x))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        _refuse_double_backward()
+        x, = ctx.saved_tensors
+        mixer, ndc = ctx.mixer, ctx.mixer.ndc
+        needs = ctx.needs_input_grad
+        conv = CONV_FN[x.dim() - 2]
+        layout = CHANNELS_LAST.get(x.dim() - 2) if ctx.implementation == "channels_last" else None
+        w_in, w_p, b_p, filters, w_out = (_leaf(p, needed) for p, needed in zip(
+            PreNormMixer.inputs_of(mixer)[:5], needs[3:8]))
+        with torch.enable_grad():
+            leaf_x = _leaf(x, needs[0])
+            normed = ctx.norm(leaf_x)
+            inner = normed if layout is None else normed.contiguous(memory_format=layout)
+            observed = F.relu(conv(inner, w_in))
+            source = F.relu(conv(observed, w_p, b_p))
+            positive_filters = F.relu(filters)
+        grad = grad_output if layout is None else grad_output.contiguous(memory_format=layout)
+        # project_out: dL/d(NDC output) needs only W_out; its weight gradient waits for the recomputed output
+        grad_update = conv(grad, w_out.detach().transpose(0, 1))
+        grad_w_out = grad_b_out = None
+        if needs[8]:
+            grad_b_out = grad.sum(dim=[d for d in range(grad.dim()) if d != 1])
+
+        def project_out_weight_grad(update: torch.Tensor) -> None:
+            nonlocal grad_w_out
+            if needs[7]:
+                grad_w_out = _pointwise_weight_grad(grad, update, w_out.detach(), False)[1]
+
+        dtype = torch.promote_types(torch.promote_types(observed.dtype, source.dtype), torch.float32)
+        ops = _Operators(positive_filters.detach(), ndc.groups, dtype, layout)
+        grad_observed, grad_source, grad_filters = update_backward(
+            ops, ops.prepare(observed.detach())[0], ops.prepare(source.detach())[0], None,
+            ops.prepare(grad_update)[0], ndc.eps, ndc.iterations, on_output=project_out_weight_grad)
+        del grad_update, grad
+        roots = (observed, source, positive_filters)
+        root_grads = (grad_observed.to(observed.dtype), grad_source.to(source.dtype),
+                      grad_filters.to(positive_filters.dtype))
+        leaves = [leaf_x, w_in, w_p, b_p, filters]
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        found = iter(torch.autograd.grad(roots, wanted, root_grads, allow_unused=True)) if wanted else iter(())
+        grads = [next(found) if leaf.requires_grad else None for leaf in leaves]
+        grad_x = grads[0]
+        if grad_x is not None:
+            grad_x = grad_x.contiguous(memory_format=memory_format_of(x))
+        return (grad_x, None, None, *grads[1:], grad_w_out, grad_b_out)
+
+
+class PreNormMlp(torch.autograd.Function):
+    """``mlp(norm(z))`` for an :class:`~nnunetv2_deconver.network.blocks.Mlp`; saves only ``z``.
+
+    ``z``: ``(B, C, *spatial)``; output ``(B, C, *spatial)``. Parameters as inputs, in the order of
+    :meth:`inputs_of`.
+    """
+
+    @staticmethod
+    def inputs_of(mlp) -> tuple:
+        return mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias
+
+    @staticmethod
+    def forward(ctx, z, norm, mlp, *parameters):
+        ctx.norm, ctx.mlp = norm, mlp
+        ctx.save_for_backward(z)
+        return mlp(norm(z))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        _refuse_double_backward()
+        z, = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        conv = CONV_FN[z.dim() - 2]
+        w1, b1 = _leaf(ctx.mlp.fc1.weight, needs[3]), _leaf(ctx.mlp.fc1.bias, needs[4])
+        with torch.enable_grad():
+            leaf_z = _leaf(z, needs[0])
+            hidden = ctx.mlp.act(conv(ctx.norm(leaf_z), w1, b1))
+        grad_hidden, grad_w2, grad_b2 = _pointwise_weight_grad(grad_output, hidden.detach(),
+                                                               ctx.mlp.fc2.weight.detach(), True)
+        leaves = [leaf_z, w1, b1]
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        found = iter(torch.autograd.grad(hidden, wanted, grad_hidden)) if wanted else iter(())
+        grads = [next(found) if leaf.requires_grad else None for leaf in leaves]
+        return (grads[0], None, None, grads[1], grads[2], grad_w2 if needs[5] else None,
+                grad_b2 if needs[6] else None)
+
+
+def selective_recompute_applies(x: torch.Tensor, forced: Optional[str]) -> bool:
+    """Whether a block's training forward takes the recomputing functions for ``x``.
+
+    Not when no gradient is recorded (inference), under ``torch.compile`` (which traces the plain graph
+    and plans its own memory), under autocast (the functions' backward would run outside it), or when the
+    naive NDC is forced (the twice-differentiable reference).
+    """
+    if not torch.is_grad_enabled() or forced == "naive":
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    return not torch.is_autocast_enabled(x.device.type) if x.device.type != "meta" else True
