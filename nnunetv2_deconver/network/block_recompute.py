@@ -24,11 +24,16 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from nnunetv2_deconver.network.layout import to_layout
 from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV_FN
 from nnunetv2_deconver.ops.ndc_autograd import _Operators, memory_format_of, update_backward
 from nnunetv2_deconver.ops.ndc_dispatch import select_implementation
 
-__all__ = ["PreNormMixer", "PreNormMlp"]
+__all__ = ["PreNormMixer", "PreNormMlp", "CHUNK_BYTES"]
+
+# The backward runs on groups of samples whose widest recomputed buffer stays within this many bytes
+# (4 = the paper's R and alpha).
+CHUNK_BYTES, WIDEST_RATIO = 32 * 2 ** 20, 4
 
 
 def _refuse_double_backward() -> None:
@@ -48,6 +53,39 @@ def _pointwise_weight_grad(grad: torch.Tensor, inputs: torch.Tensor, weight: tor
     ones, zeros = [1] * dim, [0] * dim
     return torch.ops.aten.convolution_backward(grad, inputs, weight, [weight.shape[0]] if bias else None, ones,
                                                zeros, ones, False, zeros, 1, [True, True, bias])
+
+
+def _grads_of_leaves(roots, root_grads, leaves) -> list:
+    """``d<roots, root_grads>/d leaf`` for each leaf that requires grad, ``None`` for the others."""
+    wanted = [leaf for leaf in leaves if leaf.requires_grad]
+    found = iter(torch.autograd.grad(roots, wanted, root_grads, allow_unused=True)) if wanted else iter(())
+    return [next(found) if leaf.requires_grad else None for leaf in leaves]
+
+
+def _in_sample_chunks(saved: torch.Tensor, grad_output: torch.Tensor, gradients) -> list:
+    """``gradients(saved, grad_output)`` -> ``[dL/dsaved, *parameter gradients]``, run on groups of samples.
+
+    Every operation of a block half acts on each sample on its own (instance norm, pointwise and stencil
+    convolutions), so the input gradient is the concatenation of the groups' and each parameter gradient
+    their sum. Groups are as large as keeps one widest (``WIDEST_RATIO * C``-channel) recomputed buffer
+    within ``CHUNK_BYTES``: the backward's workspace, several such buffers, shrinks with the group.
+    """
+    per_sample = WIDEST_RATIO * saved[0].numel() * saved.element_size()
+    size = max(1, CHUNK_BYTES // max(per_sample, 1))
+    if size >= saved.shape[0]:
+        grads = list(gradients(saved, grad_output))
+        grads[0] = None if grads[0] is None else grads[0].contiguous(memory_format=memory_format_of(saved))
+        return grads
+    totals = None
+    for start in range(0, saved.shape[0], size):
+        part = gradients(saved[start:start + size], grad_output[start:start + size])
+        if totals is None:
+            totals = [[part[0]]] + list(part[1:])
+        else:
+            totals[0].append(part[0])
+            totals[1:] = [t if p is None else t.add_(p) for t, p in zip(totals[1:], part[1:])]
+    inputs = None if totals[0][0] is None else torch.cat(totals[0]).contiguous(memory_format=memory_format_of(saved))
+    return [inputs] + totals[1:]
 
 
 class PreNormMixer(torch.autograd.Function):
@@ -73,6 +111,11 @@ class PreNormMixer(torch.autograd.Function):
     def backward(ctx, grad_output):
         _refuse_double_backward()
         x, = ctx.saved_tensors
+        grads = _in_sample_chunks(x, grad_output, lambda x, g: PreNormMixer._gradients(ctx, x, g))
+        return (grads[0], None, None, *grads[1:])
+
+    @staticmethod
+    def _gradients(ctx, x, grad_output):
         mixer, ndc = ctx.mixer, ctx.mixer.ndc
         needs = ctx.needs_input_grad
         conv = CONV_FN[x.dim() - 2]
@@ -82,7 +125,8 @@ class PreNormMixer(torch.autograd.Function):
         with torch.enable_grad():
             leaf_x = _leaf(x, needs[0])
             normed = ctx.norm(leaf_x)
-            inner = normed if layout is None else normed.contiguous(memory_format=layout)
+            inner = normed if layout is None else to_layout(normed, layout)
+            del normed
             observed = F.relu(conv(inner, w_in))
             source = F.relu(conv(observed, w_p, b_p))
             positive_filters = F.relu(filters)
@@ -107,14 +151,9 @@ class PreNormMixer(torch.autograd.Function):
         roots = (observed, source, positive_filters)
         root_grads = (grad_observed.to(observed.dtype), grad_source.to(source.dtype),
                       grad_filters.to(positive_filters.dtype))
-        leaves = [leaf_x, w_in, w_p, b_p, filters]
-        wanted = [leaf for leaf in leaves if leaf.requires_grad]
-        found = iter(torch.autograd.grad(roots, wanted, root_grads, allow_unused=True)) if wanted else iter(())
-        grads = [next(found) if leaf.requires_grad else None for leaf in leaves]
-        grad_x = grads[0]
-        if grad_x is not None:
-            grad_x = grad_x.contiguous(memory_format=memory_format_of(x))
-        return (grad_x, None, None, *grads[1:], grad_w_out, grad_b_out)
+        del grad_observed, grad_source
+        grads = _grads_of_leaves(roots, root_grads, [leaf_x, w_in, w_p, b_p, filters])
+        return (*grads, grad_w_out, grad_b_out)
 
 
 class PreNormMlp(torch.autograd.Function):
@@ -138,6 +177,11 @@ class PreNormMlp(torch.autograd.Function):
     def backward(ctx, grad_output):
         _refuse_double_backward()
         z, = ctx.saved_tensors
+        grads = _in_sample_chunks(z, grad_output, lambda z, g: PreNormMlp._gradients(ctx, z, g))
+        return (grads[0], None, None, *grads[1:])
+
+    @staticmethod
+    def _gradients(ctx, z, grad_output):
         needs = ctx.needs_input_grad
         conv = CONV_FN[z.dim() - 2]
         w1, b1 = _leaf(ctx.mlp.fc1.weight, needs[3]), _leaf(ctx.mlp.fc1.bias, needs[4])
@@ -146,12 +190,8 @@ class PreNormMlp(torch.autograd.Function):
             hidden = ctx.mlp.act(conv(ctx.norm(leaf_z), w1, b1))
         grad_hidden, grad_w2, grad_b2 = _pointwise_weight_grad(grad_output, hidden.detach(),
                                                                ctx.mlp.fc2.weight.detach(), True)
-        leaves = [leaf_z, w1, b1]
-        wanted = [leaf for leaf in leaves if leaf.requires_grad]
-        found = iter(torch.autograd.grad(hidden, wanted, grad_hidden)) if wanted else iter(())
-        grads = [next(found) if leaf.requires_grad else None for leaf in leaves]
-        return (grads[0], None, None, grads[1], grads[2], grad_w2 if needs[5] else None,
-                grad_b2 if needs[6] else None)
+        grads = _grads_of_leaves((hidden,), (grad_hidden,), [leaf_z, w1, b1])
+        return (*grads, grad_w2 if needs[5] else None, grad_b2 if needs[6] else None)
 
 
 def selective_recompute_applies(x: torch.Tensor, forced: Optional[str]) -> bool:

@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 from nnunetv2_deconver.ops.by_dimension import CONV, INSTANCE_NORM
 from nnunetv2_deconver.ops.ndc import NDC
 from nnunetv2_deconver.ops.ndc_dispatch import compute_layout, forced_implementation
+from nnunetv2_deconver.network.layout import to_layout
 from nnunetv2_deconver.network.block_recompute import PreNormMixer, PreNormMlp, selective_recompute_applies
 from nnunetv2_deconver.ops.ndc_autograd import memory_format_of
 
@@ -29,7 +30,7 @@ class DeconvMixer(nn.Module):
         # Where the NDC update runs channels-last (CPU), so does the whole mixer: one C-channel conversion in
         # and one out instead of several of the R*C-channel source, its update and their gradients.
         layout = compute_layout(x)
-        inner = x if layout is None else x.contiguous(memory_format=layout)
+        inner = x if layout is None else to_layout(x, layout)
         out = self.project_out(self.ndc(self.act(self.project_in(inner))))  # C -> C -> R*C -> C channels
         return out if layout is None else out.contiguous(memory_format=memory_format_of(x))
 

@@ -233,8 +233,12 @@ def update_backward(ops: _Operators, observed: torch.Tensor, source: torch.Tenso
         current, reconstruction = sources.pop(), reconstructions.pop()
         denominator = ops.adjoint_of(reconstruction).add_(eps)  # D_t
         if on_output is not None and step == iterations - 1:  # S_T = (N * S_{T-1}) / D, as the forward
-            on_output((numerator * current).div_(denominator))
-        scaled = (grad * current).div_(denominator)  # u = g * S_t / D_t
+            output = (numerator * current).div_(denominator)
+            on_output(output)
+            scaled = torch.mul(grad, current, out=output).div_(denominator)  # u = g * S_t / D_t, in S_T's buffer
+            del output
+        else:
+            scaled = (grad * current).div_(denominator)  # u = g * S_t / D_t
         # q = N / D_t; the first update's q is N's last use, so it takes N's buffer
         ratio = numerator.div_(denominator) if step == 0 else numerator / denominator
         del denominator

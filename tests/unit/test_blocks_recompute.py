@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from nnunetv2_deconver.network import Deconver
+from nnunetv2_deconver.network import block_recompute
 from nnunetv2_deconver.network.block_recompute import PreNormMixer, PreNormMlp
 from nnunetv2_deconver.network.blocks import DeconverBlock
 from nnunetv2_deconver.network.costs import saved_tensor_bytes
@@ -41,8 +42,12 @@ def _run(block, x, grad, recompute):
     return [out.detach(), x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
 
 
+@pytest.mark.parametrize("chunk_bytes", [None, 1])  # default, and one sample at a time
 @pytest.mark.parametrize("shape,kernel,groups,iterations", CASES)
-def test_recomputing_block_gives_the_naive_values_and_gradients(shape, kernel, groups, iterations):
+def test_recomputing_block_gives_the_naive_values_and_gradients(shape, kernel, groups, iterations, chunk_bytes,
+                                                                monkeypatch):
+    if chunk_bytes is not None:
+        monkeypatch.setattr(block_recompute, "CHUNK_BYTES", chunk_bytes)
     block, x = _block_and_input(shape, kernel, groups, iterations)
     grad = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     expected = _run(block, x, grad, recompute=False)
@@ -121,3 +126,17 @@ def test_plain_path_is_kept_for_inference_and_the_forced_naive_update():
         out = block(x)
     assert "PreNorm" not in type(out.grad_fn).__name__  # the naive composition, twice differentiable
     torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_single_sample_channels_last_block_gets_the_naive_input_gradient(recompute):
+    # InstanceNorm's CPU backward is wrong for one sample given a channels-last gradient; the block must
+    # hand it the gradient in the norm output's own layout
+    block, x = _block_and_input((1, 8, 12, 10), (3, 3), None, 1)
+    assert select_implementation(x) == "channels_last"
+    grad = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = _run(block, x, grad, recompute=False)[1]
+    block.recompute = recompute
+    x.grad = None
+    block(x).backward(grad)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-10, atol=1e-12)
