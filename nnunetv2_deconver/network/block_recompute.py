@@ -14,6 +14,10 @@ Here each half is one autograd function that keeps only its input (C values per 
 * :class:`PreNormMlp` keeps ``z``. Backward recomputes ``norm2(z)`` and ``GELU(fc1(.))`` (one 1x1
   convolution); ``fc2`` is not run again, its three gradients come from ``convolution_backward``.
 
+Forward and backward both run on groups of samples (``CHUNK_BYTES``), so that the workspace of the
+widest layers (R*C and alpha*C channels) at the full-resolution stage, where the training peak sits, is
+that of a group rather than of the batch.
+
 The recomputed values are bit-identical to the forward's (the same operators on the same inputs), so
 the gradients are those of plain autograd. Saved per block: ``x`` and ``z``, ``2 C`` values per voxel.
 Double backward is not supported (a backward asked to build a graph raises a RuntimeError); the block's
@@ -31,7 +35,7 @@ from nnunetv2_deconver.ops.ndc_dispatch import select_implementation
 
 __all__ = ["PreNormMixer", "PreNormMlp", "CHUNK_BYTES"]
 
-# The backward runs on groups of samples whose widest recomputed buffer stays within this many bytes
+# Forward and backward run on groups of samples whose widest buffer stays within this many bytes
 # (4 = the paper's R and alpha).
 CHUNK_BYTES, WIDEST_RATIO = 32 * 2 ** 20, 4
 
@@ -62,6 +66,21 @@ def _grads_of_leaves(roots, root_grads, leaves) -> list:
     return [next(found) if leaf.requires_grad else None for leaf in leaves]
 
 
+def _group_size(tensor: torch.Tensor) -> int:
+    """Samples per group: one widest (``WIDEST_RATIO * C``-channel) buffer of the group within ``CHUNK_BYTES``."""
+    per_sample = WIDEST_RATIO * tensor[0].numel() * tensor.element_size()
+    return max(1, CHUNK_BYTES // max(per_sample, 1))
+
+
+def _forward_in_sample_groups(x: torch.Tensor, function) -> torch.Tensor:
+    """``function(x)`` for a function acting on each sample alone, run on groups of samples (see
+    :func:`_in_sample_chunks`): the forward's workspace shrinks with the group, the output is the same."""
+    size = _group_size(x)
+    if size >= x.shape[0]:
+        return function(x)
+    return torch.cat([function(x[start:start + size]) for start in range(0, x.shape[0], size)])
+
+
 def _in_sample_chunks(saved: torch.Tensor, grad_output: torch.Tensor, gradients) -> list:
     """``gradients(saved, grad_output)`` -> ``[dL/dsaved, *parameter gradients]``, run on groups of samples.
 
@@ -70,8 +89,7 @@ def _in_sample_chunks(saved: torch.Tensor, grad_output: torch.Tensor, gradients)
     their sum. Groups are as large as keeps one widest (``WIDEST_RATIO * C``-channel) recomputed buffer
     within ``CHUNK_BYTES``: the backward's workspace, several such buffers, shrinks with the group.
     """
-    per_sample = WIDEST_RATIO * saved[0].numel() * saved.element_size()
-    size = max(1, CHUNK_BYTES // max(per_sample, 1))
+    size = _group_size(saved)
     if size >= saved.shape[0]:
         grads = list(gradients(saved, grad_output))
         grads[0] = None if grads[0] is None else grads[0].contiguous(memory_format=memory_format_of(saved))
@@ -105,7 +123,7 @@ class PreNormMixer(torch.autograd.Function):
         ctx.norm, ctx.mixer = norm, mixer
         ctx.implementation = select_implementation(x)
         ctx.save_for_backward(x)
-        return mixer(norm(x))
+        return _forward_in_sample_groups(x, lambda part: mixer(norm(part)))
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -171,7 +189,7 @@ class PreNormMlp(torch.autograd.Function):
     def forward(ctx, z, norm, mlp, *parameters):
         ctx.norm, ctx.mlp = norm, mlp
         ctx.save_for_backward(z)
-        return mlp(norm(z))
+        return _forward_in_sample_groups(z, lambda part: mlp(norm(part)))
 
     @staticmethod
     def backward(ctx, grad_output):
