@@ -13,6 +13,7 @@ from nnunetv2_deconver.nnunet.plans import (check_deconver_kwargs, check_patch_d
                                             deconver_kwargs_from_configuration, plans_file_of, replace_kernel)
 from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
 from nnunetv2_deconver.nnunet.trainer_mixins import PeakGPUMemoryLog
+from nnunetv2_deconver.nnunet.allocator import keep_freed_memory_for_reuse
 
 
 class nnUNetTrainerDeconver(PeakGPUMemoryLog, nnUNetTrainer):
@@ -47,6 +48,7 @@ class nnUNetTrainerDeconver(PeakGPUMemoryLog, nnUNetTrainer):
         plans_manager = PlansManager(plans)
         self.network_kwargs(plans_manager, plans_manager.get_configuration(configuration), configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        keep_freed_memory_for_reuse(self.device)  # CPU training: glibc keeps freed activation buffers
         self.initial_lr = 1e-4
         self.weight_decay = 1e-5
         self.warmup_fraction = 0.01

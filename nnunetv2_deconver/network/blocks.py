@@ -7,7 +7,9 @@ from torch.utils.checkpoint import checkpoint
 
 from nnunetv2_deconver.ops.by_dimension import CONV, INSTANCE_NORM
 from nnunetv2_deconver.ops.ndc import NDC
-from nnunetv2_deconver.ops.ndc_dispatch import compute_layout
+from nnunetv2_deconver.ops.ndc_dispatch import compute_layout, forced_implementation
+from nnunetv2_deconver.network.layout import to_layout
+from nnunetv2_deconver.network.block_recompute import PreNormMixer, PreNormMlp, selective_recompute_applies
 from nnunetv2_deconver.ops.ndc_autograd import memory_format_of
 
 __all__ = ["DeconvMixer", "Mlp", "DeconverBlock"]
@@ -28,7 +30,7 @@ class DeconvMixer(nn.Module):
         # Where the NDC update runs channels-last (CPU), so does the whole mixer: one C-channel conversion in
         # and one out instead of several of the R*C-channel source, its update and their gradients.
         layout = compute_layout(x)
-        inner = x if layout is None else x.contiguous(memory_format=layout)
+        inner = x if layout is None else to_layout(x, layout)
         out = self.project_out(self.ndc(self.act(self.project_in(inner))))  # C -> C -> R*C -> C channels
         return out if layout is None else out.contiguous(memory_format=memory_format_of(x))
 
@@ -52,12 +54,17 @@ class DeconverBlock(nn.Module):
 
     Norm is InstanceNorm without affine parameters; no layer scale, no drop path.
 
+    By default (``recompute = True``) a training forward runs each half, norm and mixer, norm and MLP,
+    as one autograd function that keeps only its input (``x``, then ``z``) and recomputes the cheap rest
+    in backward (:mod:`nnunetv2_deconver.network.block_recompute`): the same values and gradients, ``2 C``
+    values per voxel saved instead of about 22 C. ``recompute = False`` is plain autograd (and, with the
+    naive NDC forced, twice differentiable).
+
     With ``checkpoint = True`` a training forward keeps only the block's input for backward and runs the
-    block again during backward (``torch.utils.checkpoint``): the same values and gradients, a training
-    step about a fifth slower (CPU, docs/performance.md), and a block's activations (about 22 C values per
-    voxel) held one block at a time instead of for every block of the network.
+    whole block again during backward (``torch.utils.checkpoint``): ``C`` values per voxel.
     """
     checkpoint = False
+    recompute = True
 
     def __init__(self, channels: int, kernel_size: Sequence[int], ratio: int = 4, groups: int = None,
                  mlp_ratio: int = 4, eps: float = 1e-8, iterations: int = 1):
@@ -71,6 +78,9 @@ class DeconverBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.checkpoint and torch.is_grad_enabled():
             return checkpoint(self._forward, x, use_reentrant=False)
+        if self.recompute and selective_recompute_applies(x, forced_implementation()):
+            x = x + PreNormMixer.apply(x, self.norm1, self.mixer, *PreNormMixer.inputs_of(self.mixer))
+            return x + PreNormMlp.apply(x, self.norm2, self.mlp, *PreNormMlp.inputs_of(self.mlp))
         return self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ Double backward is not supported (the backward is written by hand): a backward a
 graph (``create_graph=True``) raises a RuntimeError that names the naive path, which is twice
 differentiable.
 """
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV_FN, CONV_TRANSPOSED_FN
 from nnunetv2_deconver.ops.precision import autocast_disabled
 
-__all__ = ["RecomputedNDC", "adjoint_filters", "memory_format_of"]
+__all__ = ["RecomputedNDC", "update_backward", "adjoint_filters", "memory_format_of"]
 
 
 def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
@@ -188,63 +188,85 @@ class RecomputedNDC(torch.autograd.Function):
                                "backward (create_graph=True); use implementation='naive' for higher derivatives")
         x, source, filters, first_reconstruction = ctx.saved_tensors
         need_x, need_source, need_filters = ctx.needs_input_grad[:3]
-        eps, iterations = ctx.eps, ctx.iterations
         with autocast_disabled(x.device.type):
             ops = _Operators(filters, ctx.groups, ctx.dtype, ctx.layout)
-            observed = ops.prepare(x)[0]
-            numerator = ops.adjoint_of(observed).add_(eps)
-            sources = [ops.prepare(source)[0]]
-            reconstructions = [first_reconstruction]
-            for _ in range(iterations - 1):  # recompute S_1 .. S_{T-1}
-                denominator = ops.adjoint_of(reconstructions[-1]).add_(eps)
-                sources.append((sources[-1] * numerator).div_(denominator))
-                del denominator
-                reconstructions.append(ops.correlate(sources[-1]))
-
-            grad = ops.prepare(grad_output)[0]
-            grad_numerator = grad_filters_total = grad_x = grad_source = grad_filters = None
-
-            def accumulate(total, term):
-                return term if total is None else total.add_(term)
-
-            # Buffers are released as early as the math allows: for one update at most three E-channel
-            # buffers live at once besides the saved tensors and the incoming gradient.
-            for step in reversed(range(iterations)):
-                current, reconstruction = sources.pop(), reconstructions.pop()
-                denominator = ops.adjoint_of(reconstruction).add_(eps)  # D_t
-                scaled = (grad * current).div_(denominator)  # u = g * S_t / D_t
-                # q = N / D_t; the first update's q is N's last use, so it takes N's buffer
-                ratio = numerator.div_(denominator) if step == 0 else numerator / denominator
-                del denominator
-                if step == 0:
-                    del numerator
-                    grad_numerator = accumulate(grad_numerator, scaled)  # dL/dN, complete
-                    if need_x:  # dL/dX = K(dL/dN)
-                        grad_x = ops.correlate(grad_numerator).to(x.dtype).contiguous(memory_format=memory_format_of(x))
-                    if need_filters:
-                        grad_filters_total = accumulate(grad_filters_total,
-                                                        ops.filter_grad_of_adjoint(observed, grad_numerator))
-                    del grad_numerator
-                else:  # the sum over updates keeps its own buffer, since u's is overwritten next
-                    grad_numerator = scaled.clone() if grad_numerator is None else grad_numerator.add_(scaled)
-                grad_denominator = scaled.mul_(ratio).neg_()  # dL/dD_t = -u * q, in u's buffer
-                del scaled
-                need_chain = need_source or step > 0
-                if need_chain or need_filters:
-                    grad_reconstruction = ops.correlate(grad_denominator)  # dL/dR_t = K(dL/dD_t)
-                if need_filters:
-                    grad_filters_total = accumulate(
-                        grad_filters_total, ops.filter_grad_of_adjoint(reconstruction, grad_denominator))
-                    grad_filters_total.add_(ops.filter_grad_of_correlation(current, grad_reconstruction))
-                del grad_denominator, reconstruction, current
-                if need_chain:  # dL/dS_t = A(dL/dR_t) + g * q
-                    grad = ops.adjoint_of(grad_reconstruction).addcmul_(grad, ratio)
-                if need_chain or need_filters:
-                    del grad_reconstruction
-                del ratio
-
+            grad_x, grad_source, grad_filters = update_backward(
+                ops, ops.prepare(x)[0], ops.prepare(source)[0], first_reconstruction, ops.prepare(grad_output)[0],
+                ctx.eps, ctx.iterations, need_x, need_source, need_filters)
+            if need_x:
+                grad_x = grad_x.to(x.dtype).contiguous(memory_format=memory_format_of(x))
             if need_source:
-                grad_source = grad.to(source.dtype).contiguous(memory_format=memory_format_of(source))
+                grad_source = grad_source.to(source.dtype).contiguous(memory_format=memory_format_of(source))
             if need_filters:
-                grad_filters = ops.filter_grad(grad_filters_total).to(filters.dtype)
+                grad_filters = grad_filters.to(filters.dtype)
         return grad_x, grad_source, grad_filters, None, None, None, None
+
+
+def update_backward(ops: _Operators, observed: torch.Tensor, source: torch.Tensor,
+                    first_reconstruction: Optional[torch.Tensor], grad: torch.Tensor, eps: float, iterations: int,
+                    need_x: bool = True, need_source: bool = True, need_filters: bool = True,
+                    on_output: Optional[Callable[[torch.Tensor], None]] = None):
+    """Gradients of ``S^(iterations)`` for ``X`` (``observed``), ``S0`` (``source``) and ``V`` (see the module
+    docstring), all operands already in ``ops``' dtype and layout; ``None`` for a gradient not asked for.
+
+    ``first_reconstruction`` is ``K(S0)`` when the caller kept it, else ``None`` (recomputed here).
+    ``on_output`` (optional) is called once with the update's output ``S^(iterations)``, recomputed from
+    the same ``N`` and ``D`` as in the forward (exactly the forward's values); the buffer is freed after the
+    call. It serves a caller that recomputes the layer instead of keeping its output.
+    """
+    numerator = ops.adjoint_of(observed).add_(eps)
+    sources = [source]
+    reconstructions = [ops.correlate(source) if first_reconstruction is None else first_reconstruction]
+    for _ in range(iterations - 1):  # recompute S_1 .. S_{T-1}
+        denominator = ops.adjoint_of(reconstructions[-1]).add_(eps)
+        sources.append((sources[-1] * numerator).div_(denominator))
+        del denominator
+        reconstructions.append(ops.correlate(sources[-1]))
+    grad_numerator = grad_filters_total = grad_x = None
+
+    def accumulate(total, term):
+        return term if total is None else total.add_(term)
+
+    # Buffers are released as early as the math allows: for one update at most three E-channel
+    # buffers live at once besides the saved tensors and the incoming gradient.
+    for step in reversed(range(iterations)):
+        current, reconstruction = sources.pop(), reconstructions.pop()
+        denominator = ops.adjoint_of(reconstruction).add_(eps)  # D_t
+        if on_output is not None and step == iterations - 1:  # S_T = (N * S_{T-1}) / D, as the forward
+            output = (numerator * current).div_(denominator)
+            on_output(output)
+            scaled = torch.mul(grad, current, out=output).div_(denominator)  # u = g * S_t / D_t, in S_T's buffer
+            del output
+        else:
+            scaled = (grad * current).div_(denominator)  # u = g * S_t / D_t
+        # q = N / D_t; the first update's q is N's last use, so it takes N's buffer
+        ratio = numerator.div_(denominator) if step == 0 else numerator / denominator
+        del denominator
+        if step == 0:
+            del numerator
+            grad_numerator = accumulate(grad_numerator, scaled)  # dL/dN, complete
+            if need_x:  # dL/dX = K(dL/dN)
+                grad_x = ops.correlate(grad_numerator)
+            if need_filters:
+                grad_filters_total = accumulate(grad_filters_total,
+                                                ops.filter_grad_of_adjoint(observed, grad_numerator))
+            del grad_numerator
+        else:  # the sum over updates keeps its own buffer, since u's is overwritten next
+            grad_numerator = scaled.clone() if grad_numerator is None else grad_numerator.add_(scaled)
+        grad_denominator = scaled.mul_(ratio).neg_()  # dL/dD_t = -u * q, in u's buffer
+        del scaled
+        need_chain = need_source or step > 0
+        if need_chain or need_filters:
+            grad_reconstruction = ops.correlate(grad_denominator)  # dL/dR_t = K(dL/dD_t)
+        if need_filters:
+            grad_filters_total = accumulate(
+                grad_filters_total, ops.filter_grad_of_adjoint(reconstruction, grad_denominator))
+            grad_filters_total.add_(ops.filter_grad_of_correlation(current, grad_reconstruction))
+        del grad_denominator, reconstruction, current
+        if need_chain:  # dL/dS_t = A(dL/dR_t) + g * q
+            grad = ops.adjoint_of(grad_reconstruction).addcmul_(grad, ratio)
+        if need_chain or need_filters:
+            del grad_reconstruction
+        del ratio
+    grad_filters = ops.filter_grad(grad_filters_total) if need_filters else None
+    return grad_x, (grad if need_source else None), grad_filters

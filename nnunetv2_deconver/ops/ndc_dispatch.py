@@ -9,7 +9,7 @@ import torch
 from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST
 
 __all__ = ["IMPLEMENTATIONS", "CHANNELS_LAST_MIN_VOXELS", "NAIVE_2D_FROM", "select_implementation",
-           "compute_layout", "force_implementation"]
+           "compute_layout", "force_implementation", "forced_implementation"]
 
 IMPLEMENTATIONS = ("naive", "recompute", "channels_last", "triton")
 _forced = threading.local()
@@ -57,6 +57,11 @@ def compute_layout(x: torch.Tensor) -> Optional[torch.memory_format]:
     layer its conversions.
     """
     return CHANNELS_LAST.get(x.dim() - 2) if select_implementation(x) == "channels_last" else None
+
+
+def forced_implementation() -> Optional[str]:
+    """The path forced by the enclosing :func:`force_implementation`, or ``None``."""
+    return getattr(_forced, "name", None)
 
 
 @contextmanager
