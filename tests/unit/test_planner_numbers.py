@@ -138,7 +138,8 @@ def test_2d_plan_through_the_command(tmp_path, monkeypatch, capsys):
                "file_ending": ".nii.gz"}
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset))
-    assert planner.main(["-d", "Dataset997_Flat", "-c", "2d", "-gpu_memory_target", "8"]) == 0
+    # a target large enough that nnU-Net's dataset cap, not memory, sets the batch
+    assert planner.main(["-d", "Dataset997_Flat", "-c", "2d", "-gpu_memory_target", "40"]) == 0
     written = json.loads((folder / "nnUNetDeconverPlans.json").read_text())["configurations"]["2d"]
     arch = written["architecture"]
     assert arch["network_class_name"] == "nnunetv2_deconver.network.Deconver"
@@ -147,8 +148,9 @@ def test_2d_plan_through_the_command(tmp_path, monkeypatch, capsys):
     patch = written["patch_size"]
     divisor = _divisor(written)
     assert all(p % d == 0 for p, d in zip(patch, divisor))
-    assert _bytes(written, patch, 2) <= 8 * 2 ** 30
-    # 2d cap: whole volumes (600 x 500 slices x 40 slices x 3 cases) * 5% / patch pixels
+    assert patch == [512, 448]  # 40 GB hold the stock patch
+    # 2d cap: whole volumes (600 x 500 slices x 40 slices x 3 cases) * 5% / patch pixels = 7.8 -> 8
     cap = round(600 * 500 * 40 * 3 * 0.05 / np.prod(patch))
-    most = math.floor((8 * 2 ** 30 - _bytes(written, patch, 0)) / (_bytes(written, patch, 1) - _bytes(written, patch, 0)))
-    assert written["batch_size"] == max(2, min(cap, most))
+    most = math.floor((40 * 2 ** 30 - _bytes(written, patch, 0)) / (_bytes(written, patch, 1) - _bytes(written, patch, 0)))
+    assert 2 < cap < most
+    assert written["batch_size"] == cap
