@@ -1,6 +1,10 @@
 """End to end through nnU-Net's own command-line tools: plan and preprocess a tiny anisotropic dataset,
 train a DTC smoke trainer on the CPU, predict with ``nnUNetv2_predict``, and draw the displacement
-picture from the trained model folder."""
+picture from the trained model folder.
+
+The smoke schedule (2 training iterations) is too short to learn: these tests check the pipeline, not
+segmentation quality (an all-background prediction would pass); ``test_learning.py`` tests that training learns.
+"""
 import glob
 import json
 import os

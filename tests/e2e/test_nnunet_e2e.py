@@ -2,6 +2,11 @@
 
 Each dataset is planned and preprocessed once per session; each test then runs real processes
 (``nnUNetv2_train``, ``nnUNetv2_predict``, ``nnUNetv2_deconver_plan``) on CPU with the smoke trainer.
+
+The smoke schedule (2 training iterations) is far too short to learn, so these tests check the pipeline
+(files, shapes, grids, labels, resumption), not segmentation quality: an all-background prediction would
+pass them. That training learns, and that the saved checkpoint predicts what was trained, is
+``test_learning.py``.
 """
 import json
 import os
@@ -116,6 +121,28 @@ def test_resume_with_c_and_validation_only(nnunet_env, iso_3d_trained):
     steps = {float(s["step"]) for s in resumed["optimizer_state"]["state"].values()}
     assert steps == {4.0}, steps
     assert resumed["current_epoch"] == 1 and os.path.isfile(summary)
+
+
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerDeconverNoDeepSupervision_smoke",
+                                     "nnUNetTrainerDeconverCheckpointed_smoke"])
+def test_architecture_variants_train_through_nnunet(nnunet_env, iso_3d_trained, trainer):
+    _run(["nnUNetv2_train", ISO, "3d_fullres", 0, "-tr", trainer, "-device", "cpu"], nnunet_env)
+    folder = _fold_dir(nnunet_env, ISO, "3d_fullres", 0, trainer=trainer)
+    assert os.path.isfile(os.path.join(folder, "validation", "summary.json"))
+    weights = torch.load(os.path.join(folder, "checkpoint_final.pth"), map_location="cpu",
+                         weights_only=False)["network_weights"]
+    plain = torch.load(os.path.join(iso_3d_trained, "checkpoint_final.pth"), map_location="cpu",
+                       weights_only=False)["network_weights"]
+    heads = {k.split(".")[2] for k in weights if k.startswith("decoder.seg_layers.")}
+    n_heads = len(_plans(nnunet_env, ISO)["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["strides"]) - 1
+    if "NoDeepSupervision" in trainer:
+        # only the full-resolution head exists (the others are Identity): a deep-supervised loss would have
+        # received feature maps instead of logits and failed
+        assert heads == {str(n_heads - 1)}
+        assert {k for k in weights if ".seg_layers." not in k} == {k for k in plain if ".seg_layers." not in k}
+    else:
+        # checkpointing changes no parameter: the plain network's keys and shapes
+        assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in plain.items()}
 
 
 def test_fine_tuning_from_pretrained_weights(nnunet_env, iso_3d_trained):

@@ -30,8 +30,11 @@ def _write(array: np.ndarray, spacing, path: str) -> None:
 
 
 def make_dataset(raw_root: str, dataset_id: int, name: str, n_cases: int = 8, shape=(32, 32, 32),
-                 spacing=(1.0, 1.0, 1.0), kind: str = "labels", seed: int = 0) -> str:
+                 spacing=(1.0, 1.0, 1.0), kind: str = "labels", seed: int = 0, n_test: int = 1) -> str:
     """Write ``DatasetXXX_name`` under ``raw_root``; return its folder.
+
+    ``n_cases`` training cases (``imagesTr``, ``labelsTr``), then ``n_test`` held-out cases (``imagesTs`` for
+    ``nnUNetv2_predict``, with their reference in ``labelsTs``).
 
     kind: ``labels`` (background, ball, core), ``regions`` (nnU-Net regions: whole = {1, 2}, core = {2},
     with ``regions_class_order``), or ``ignore`` (background, ball, and an ignore label on one slab).
@@ -42,14 +45,16 @@ def make_dataset(raw_root: str, dataset_id: int, name: str, n_cases: int = 8, sh
     os.makedirs(os.path.join(folder, "imagesTr"), exist_ok=True)
     os.makedirs(os.path.join(folder, "labelsTr"), exist_ok=True)
     os.makedirs(os.path.join(folder, "imagesTs"), exist_ok=True)
-    for i in range(n_cases + 1):
+    os.makedirs(os.path.join(folder, "labelsTs"), exist_ok=True)
+    for i in range(n_cases + n_test):
         image, seg = _case(rng, shape, spacing)
         if kind == "ignore":
             seg = np.minimum(seg, 1)
             seg[:, :, : shape[2] // 4] = 2  # the ignore label: a slab nobody annotated
         case = f"{name}_{i:03d}"
-        if i == n_cases:  # one held-out image for nnUNetv2_predict
+        if i >= n_cases:  # held out, for nnUNetv2_predict
             _write(image, spacing, os.path.join(folder, "imagesTs", f"{case}_0000.nii.gz"))
+            _write(seg, spacing, os.path.join(folder, "labelsTs", f"{case}.nii.gz"))
             continue
         _write(image, spacing, os.path.join(folder, "imagesTr", f"{case}_0000.nii.gz"))
         _write(seg, spacing, os.path.join(folder, "labelsTr", f"{case}.nii.gz"))

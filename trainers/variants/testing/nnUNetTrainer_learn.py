@@ -1,0 +1,50 @@
+"""Trainers with a schedule long enough to learn a tiny, high-contrast dataset on a CPU, for the test that
+training learns (``tests/e2e/test_learning.py``): nnU-Net's own SGD and poly schedule for both networks, so
+only the network differs; a fixed seed (``NNUNETV2_DECONVER_TEST_SEED``, default 0) for the weights, the
+patch sampling and the augmentation, and one torch thread. Nothing outside tests imports them."""
+import os
+import random
+
+import numpy as np
+import torch
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_deconver.nnunet.trainer_mixins import WithoutTestTimeMirroring
+from nnunetv2_deconver.trainers.variants.optimizer.nnUNetTrainerDeconverSGD import nnUNetTrainerDeconverSGD
+
+SEED_VARIABLE = "NNUNETV2_DECONVER_TEST_SEED"
+
+
+def _single_threaded_and_seeded() -> None:
+    # nnUNetv2_train sets torch to one thread per CPU; one thread makes the run the same on any machine and
+    # spares a shared CI machine from oversubscription (the network is small, one thread is enough)
+    torch.set_num_threads(1)
+    seed = int(os.environ.get(SEED_VARIABLE, "0"))
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class nnUNetTrainer_learn(WithoutTestTimeMirroring, nnUNetTrainer):
+    """Stock nnU-Net, the baseline: 6 epochs of 20 training iterations (120 SGD steps), 1 validation
+    iterations per epoch, seeded before the network is built and again before the first batch."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 6
+        self.num_iterations_per_epoch = 20
+        self.num_val_iterations_per_epoch = 1
+
+    def initialize(self):
+        _single_threaded_and_seeded()
+        super().initialize()
+
+    def on_train_start(self):
+        super().on_train_start()
+        _single_threaded_and_seeded()
+
+
+class nnUNetTrainerDeconver_learn(nnUNetTrainer_learn, nnUNetTrainerDeconverSGD):
+    """Deconver with the same schedule, seed and optimiser (``nnUNetTrainerDeconverSGD``: nnU-Net's SGD, poly)."""
