@@ -165,7 +165,7 @@ class PreNormMixer(torch.autograd.Function):
         grad_observed, grad_source, grad_filters = update_backward(
             ops, ops.prepare(observed.detach())[0], ops.prepare(source.detach())[0], None,
             ops.prepare(grad_update)[0], ndc.eps, ndc.iterations, on_output=project_out_weight_grad)
-        del grad_update, grad
+        grad_update = grad = None  # free both before the parameter gradients below
         roots = (observed, source, positive_filters)
         root_grads = (grad_observed.to(observed.dtype), grad_source.to(source.dtype),
                       grad_filters.to(positive_filters.dtype))

@@ -32,7 +32,6 @@ differentiable.
 from typing import Callable, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV_FN, CONV_TRANSPOSED_FN
 from nnunetv2_deconver.ops.precision import autocast_disabled
