@@ -53,11 +53,11 @@ def _check_against_naive(network, x, monkeypatch):
 def test_3d_stages_on_both_sides_of_the_channels_last_threshold(monkeypatch):
     torch.manual_seed(0)
     threshold = CHANNELS_LAST_MIN_VOXELS[3]  # 4^3
-    # 16^3, 8^3, 4^3 (exactly the threshold) and 2^3 voxels: channels-last, then naive at the bottom
-    network = Deconver(1, 4, [4, 8, 8, 8], nn.Conv3d, 3, [1, 2, 2, 2], 2, deep_supervision=True)
-    paths = _check_against_naive(network, torch.rand(2, 1, 16, 16, 16), monkeypatch)
-    assert {(v, p) for _, v, p in paths} == {(16 ** 3, "channels_last"), (8 ** 3, "channels_last"),
-                                            (threshold, "channels_last"), (2 ** 3, "naive")}
+    # 8^3, 4^3 (exactly the threshold) and 2^3 voxels: channels-last, then naive at the bottom
+    network = Deconver(1, 3, [4, 8, 8], nn.Conv3d, 3, [1, 2, 2], 2, deep_supervision=True)
+    paths = _check_against_naive(network, torch.rand(2, 1, 8, 8, 8), monkeypatch)
+    assert {(v, p) for _, v, p in paths} == {(8 ** 3, "channels_last"), (threshold, "channels_last"),
+                                            (2 ** 3, "naive")}
 
 
 def test_2d_stages_on_both_sides_of_both_thresholds(monkeypatch):
