@@ -1,6 +1,5 @@
 """The default NDC dispatch inside a whole network: stages on both sides of every threshold take different
 paths (and layouts) in one forward and backward, and the result is the forced-naive one."""
-import pytest
 import torch
 from torch import nn
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from nnunetv2_deconver import Deconver
 from nnunetv2_deconver.ops.ndc import nonnegative_deconvolution
-from nnunetv2_deconver.ops.ndc_dispatch import IMPLEMENTATIONS, force_implementation, select_implementation
+from nnunetv2_deconver.ops.ndc_dispatch import IMPLEMENTATIONS, select_implementation
 
 from helpers.dtc_geometry import expected_ramp, pure_sampler, ramp
 
