@@ -11,7 +11,9 @@ device (no compute, no memory) and adds up every tensor autograd saves for backw
 __all__ = ["estimate_training_bytes", "ACTIVATION_BYTES_PER_FEATURE_ELEMENT",
            "WORKSPACE_BYTES"]
 
-# measured by saved_activation_bytes / compute_conv_feature_map_size on the paper's networks (fp32 saves);
+# measured by saved_activation_bytes / compute_conv_feature_map_size on the paper's networks (fp32 saves)
+# with the blocks on plain autograd, the path of GPU training (compiled, under autocast; the recomputing
+# block functions serve eager fp32 training only, see network/block_recompute.py);
 # see docs/nnunet.md for the table; the largest ratio measured, so the model errs on the safe side
 ACTIVATION_BYTES_PER_FEATURE_ELEMENT = 6.6
 # CUDA context, cuDNN workspaces and allocator fragmentation, a flat margin
