@@ -9,9 +9,10 @@ from torch import nn
 
 from nnunetv2_deconver import Deconver
 from nnunetv2_deconver.ops.ndc import nonnegative_deconvolution
-from nnunetv2_deconver.ops.ndc_dispatch import IMPLEMENTATIONS, select_implementation
+from nnunetv2_deconver.ops.ndc_dispatch import select_implementation
 
 from helpers.dtc_geometry import expected_ramp, pure_sampler, ramp
+from helpers.implementations import RUNNABLE
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible")
 CUDA = "cuda"
@@ -25,7 +26,7 @@ def test_default_dispatch_on_the_gpu_is_recompute():
     assert select_implementation(torch.empty(2, 8, 16, 16, 16, device=CUDA)) == "recompute"
 
 
-@pytest.mark.parametrize("implementation", [i for i in IMPLEMENTATIONS if i != "naive"])
+@pytest.mark.parametrize("implementation", [i for i in RUNNABLE if i != "naive"])
 @pytest.mark.parametrize("spatial,kernel,groups", [((12, 10, 8), (3, 3, 3), 8), ((24, 20), (5, 5), 2),
                                                    ((6, 16, 16), (1, 3, 3), 1)])
 def test_fast_paths_match_naive_on_the_gpu(implementation, spatial, kernel, groups):

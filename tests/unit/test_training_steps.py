@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunetv2_deconver import Deconver
-from nnunetv2_deconver.ops.ndc_dispatch import IMPLEMENTATIONS, force_implementation
+from nnunetv2_deconver.ops.ndc_dispatch import force_implementation
+
+from helpers.implementations import RUNNABLE
 
 STEPS = 20
 # Measured with the naive path (Adam, lr 1e-2, this batch and seed): the loss falls from 0.95 to 0.028 in
@@ -57,7 +59,7 @@ def test_naive_composition_overfits_one_batch(naive_losses):
 
 
 # every (path, checkpointing) pair except the reference itself
-VARIANTS = [(name, checkpoint) for checkpoint in (False, True) for name in IMPLEMENTATIONS
+VARIANTS = [(name, checkpoint) for checkpoint in (False, True) for name in RUNNABLE
             if (name, checkpoint) != ("naive", False)]
 
 
