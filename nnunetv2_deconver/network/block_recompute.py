@@ -306,7 +306,7 @@ class PreNormMlp(torch.autograd.Function):
     def forward(ctx, z, norm, mlp, *parameters):
         ctx.norm, ctx.mlp = norm, mlp
         ctx.save_for_backward(z)
-        return _forward_in_sample_groups(z, lambda part: mlp(norm(part)))
+        return _forward_in_sample_groups(z, lambda part: _mlp_forward(mlp, norm(part)))
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -317,6 +317,8 @@ class PreNormMlp(torch.autograd.Function):
 
     @staticmethod
     def _gradients(ctx, z, grad_output):
+        if len(_hidden_chunks(ctx.mlp, z)) > 1:
+            return _chunked_mlp_gradients(ctx, z, grad_output)
         needs = ctx.needs_input_grad
         conv = CONV_FN[z.dim() - 2]
         w1, b1 = _leaf(ctx.mlp.fc1.weight, needs[3]), _leaf(ctx.mlp.fc1.bias, needs[4])
@@ -327,6 +329,54 @@ class PreNormMlp(torch.autograd.Function):
                                                                ctx.mlp.fc2.weight.detach(), True)
         grads = _grads_of_leaves((hidden,), (grad_hidden,), [leaf_z, w1, b1])
         return (*grads, grad_w2 if needs[5] else None, grad_b2 if needs[6] else None)
+
+
+def _hidden_chunks(mlp, z: torch.Tensor) -> list:
+    """``[(a0, a1), ...]``: the MLP's hidden channels in chunks whose map of ``z``'s samples stays within
+    ``CHANNEL_CHUNK_BYTES``."""
+    hidden = mlp.fc1.weight.shape[0]
+    size = max(1, CHANNEL_CHUNK_BYTES // max((z.numel() // max(z.shape[1], 1)) * z.element_size(), 1))
+    return [(a, min(a + size, hidden)) for a in range(0, hidden, size)]
+
+
+def _mlp_forward(mlp, normed: torch.Tensor) -> torch.Tensor:
+    """``mlp(normed)``; on chunks of hidden channels (``fc2``'s output summed over them) where more than one."""
+    chunks = _hidden_chunks(mlp, normed)
+    if len(chunks) == 1:
+        return mlp(normed)
+    conv = CONV_FN[normed.dim() - 2]
+    out = None
+    for a0, a1 in chunks:
+        hidden = mlp.act(conv(normed, mlp.fc1.weight[a0:a1], mlp.fc1.bias[a0:a1]))
+        term = conv(hidden, mlp.fc2.weight[:, a0:a1])
+        out = term if out is None else out.add_(term)
+    return out.add_(mlp.fc2.bias.reshape(1, -1, *[1] * (out.dim() - 2)))
+
+
+def _chunked_mlp_gradients(ctx, z, grad_output):
+    """:meth:`PreNormMlp._gradients` on chunks of hidden channels; ``dL/dnorm(z)`` summed over them."""
+    mlp, needs = ctx.mlp, ctx.needs_input_grad
+    conv = CONV_FN[z.dim() - 2]
+    w1, b1, w2 = (p.detach() for p in PreNormMlp.inputs_of(mlp)[:3])
+    with torch.enable_grad():
+        leaf_z = _leaf(z, needs[0])
+        normed = ctx.norm(leaf_z)
+    inputs = normed.detach()
+    grad_inputs = torch.zeros_like(inputs)
+    grad_w1, grad_b1, grad_w2 = (torch.zeros_like(p) for p in (w1, b1, w2))
+    for a0, a1 in _hidden_chunks(mlp, z):
+        before = conv(inputs, w1[a0:a1], b1[a0:a1])
+        w2_chunk = w2[:, a0:a1].contiguous()
+        grad_hidden, grad_w2[:, a0:a1], _ = _pointwise_weight_grad(grad_output, mlp.act(before), w2_chunk, False)
+        grad_before = torch.ops.aten.gelu_backward(grad_hidden, before, approximate=mlp.act.approximate)
+        del grad_hidden, before
+        grad_input, grad_w1[a0:a1], grad_b1[a0:a1] = _pointwise_weight_grad(grad_before, inputs, w1[a0:a1], True)
+        del grad_before
+        grad_inputs += grad_input
+        del grad_input
+    grad_z, = _grads_of_leaves((normed,), (grad_inputs,), [leaf_z])
+    grad_b2 = grad_output.sum(dim=[d for d in range(grad_output.dim()) if d != 1]) if needs[6] else None
+    return (grad_z, *[g if need else None for g, need in zip((grad_w1, grad_b1, grad_w2), needs[3:6])], grad_b2)
 
 
 def selective_recompute_applies(x: torch.Tensor, forced: Optional[str]) -> bool:

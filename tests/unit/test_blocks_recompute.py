@@ -42,7 +42,8 @@ def _run(block, x, grad, recompute):
     return [out.detach(), x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
 
 
-@pytest.mark.parametrize("channel_chunk_bytes", [None, 1, 2000])  # one chunk; one NDC group a chunk; several
+# one chunk; one NDC group (MLP hidden channel) a chunk; several
+@pytest.mark.parametrize("channel_chunk_bytes", [None, 1, 2000])
 @pytest.mark.parametrize("chunk_bytes", [None, 1])  # default, and one sample at a time
 @pytest.mark.parametrize("shape,kernel,groups,iterations", CASES)
 def test_recomputing_block_gives_the_naive_values_and_gradients(shape, kernel, groups, iterations, chunk_bytes,
