@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_deconver.network.layout import to_layout
+from nnunetv2_deconver.network.layout import pointwise, pointwise_backward, to_layout
 from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV_FN
 from nnunetv2_deconver.ops.ndc_autograd import _Operators, memory_format_of, update_backward
 from nnunetv2_deconver.ops.ndc_dispatch import select_implementation
@@ -46,7 +46,7 @@ __all__ = ["PreNormMixer", "PreNormMlp", "CHUNK_BYTES", "CHANNEL_CHUNK_BYTES"]
 CHUNK_BYTES, WIDEST_RATIO = 32 * 2 ** 20, 4
 # The mixer's R*C-channel work runs on channel chunks whose source map (per group of samples) stays within
 # this many bytes; one chunk (the plain code) where the whole map does.
-CHANNEL_CHUNK_BYTES = 8 * 2 ** 20
+CHANNEL_CHUNK_BYTES = 16 * 2 ** 20
 
 
 def _refuse_double_backward() -> None:
@@ -60,13 +60,7 @@ def _leaf(tensor: torch.Tensor, needed: bool) -> torch.Tensor:
     return tensor.detach().requires_grad_(needed)
 
 
-def _pointwise_weight_grad(grad: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: bool,
-                           need_input: bool = True):
-    """``(dL/dinput, dL/dweight, dL/dbias)`` of a 1x1 convolution with stride 1 (``None`` where not asked)."""
-    dim = weight.dim() - 2
-    ones, zeros = [1] * dim, [0] * dim
-    return torch.ops.aten.convolution_backward(grad, inputs, weight, [weight.shape[0]] if bias else None, ones,
-                                               zeros, ones, False, zeros, 1, [need_input, True, bias])
+_pointwise_weight_grad = pointwise_backward  # (dL/dinput, dL/dweight, dL/dbias) of a 1x1 convolution
 
 
 def _grads_of_leaves(roots, root_grads, leaves) -> list:
@@ -186,6 +180,12 @@ class PreNormMixer(torch.autograd.Function):
         return (*grads, grad_w_out, grad_b_out)
 
 
+def _vector_friendly(size: int, width: int) -> int:
+    """``size`` units of ``width`` channels, rounded down so that a chunk holds a multiple of 16 channels
+    where it holds at least 16: oneDNN runs odd channel counts several times slower."""
+    return max(1, (size * width) // 16 * 16 // width) if size * width >= 16 and 16 % width == 0 else size
+
+
 def _channel_chunks(ndc, x: torch.Tensor) -> list:
     """``[(c0, c1, e0, e1), ...]``: whole NDC groups per chunk, one chunk's source map of ``x``'s samples
     (in the update's compute dtype, at least fp32) within ``CHANNEL_CHUNK_BYTES``."""
@@ -193,7 +193,7 @@ def _channel_chunks(ndc, x: torch.Tensor) -> list:
     per_group_c, per_group_e = channels // groups, ndc.filters.shape[1]
     element = max(x.element_size(), 4)
     group_bytes = per_group_e * (x.numel() // max(x.shape[1], 1)) * element
-    size = max(1, CHANNEL_CHUNK_BYTES // max(group_bytes, 1))
+    size = _vector_friendly(max(1, CHANNEL_CHUNK_BYTES // max(group_bytes, 1)), per_group_e)
     return [(g * per_group_c, min(g + size, groups) * per_group_c, g * per_group_e,
              min(g + size, groups) * per_group_e) for g in range(0, groups, size)]
 
@@ -320,11 +320,10 @@ class PreNormMlp(torch.autograd.Function):
         if len(_hidden_chunks(ctx.mlp, z)) > 1:
             return _chunked_mlp_gradients(ctx, z, grad_output)
         needs = ctx.needs_input_grad
-        conv = CONV_FN[z.dim() - 2]
         w1, b1 = _leaf(ctx.mlp.fc1.weight, needs[3]), _leaf(ctx.mlp.fc1.bias, needs[4])
         with torch.enable_grad():
             leaf_z = _leaf(z, needs[0])
-            hidden = ctx.mlp.act(conv(ctx.norm(leaf_z), w1, b1))
+            hidden = ctx.mlp.act(pointwise(ctx.norm(leaf_z), w1, b1))
         grad_hidden, grad_w2, grad_b2 = _pointwise_weight_grad(grad_output, hidden.detach(),
                                                                ctx.mlp.fc2.weight.detach(), True)
         grads = _grads_of_leaves((hidden,), (grad_hidden,), [leaf_z, w1, b1])
@@ -336,6 +335,7 @@ def _hidden_chunks(mlp, z: torch.Tensor) -> list:
     ``CHANNEL_CHUNK_BYTES``."""
     hidden = mlp.fc1.weight.shape[0]
     size = max(1, CHANNEL_CHUNK_BYTES // max((z.numel() // max(z.shape[1], 1)) * z.element_size(), 1))
+    size = _vector_friendly(size, 1)
     return [(a, min(a + size, hidden)) for a in range(0, hidden, size)]
 
 
@@ -344,11 +344,10 @@ def _mlp_forward(mlp, normed: torch.Tensor) -> torch.Tensor:
     chunks = _hidden_chunks(mlp, normed)
     if len(chunks) == 1:
         return mlp(normed)
-    conv = CONV_FN[normed.dim() - 2]
     out = None
     for a0, a1 in chunks:
-        hidden = mlp.act(conv(normed, mlp.fc1.weight[a0:a1], mlp.fc1.bias[a0:a1]))
-        term = conv(hidden, mlp.fc2.weight[:, a0:a1])
+        hidden = mlp.act(pointwise(normed, mlp.fc1.weight[a0:a1], mlp.fc1.bias[a0:a1]))
+        term = pointwise(hidden, mlp.fc2.weight[:, a0:a1])
         out = term if out is None else out.add_(term)
     return out.add_(mlp.fc2.bias.reshape(1, -1, *[1] * (out.dim() - 2)))
 
@@ -356,7 +355,6 @@ def _mlp_forward(mlp, normed: torch.Tensor) -> torch.Tensor:
 def _chunked_mlp_gradients(ctx, z, grad_output):
     """:meth:`PreNormMlp._gradients` on chunks of hidden channels; ``dL/dnorm(z)`` summed over them."""
     mlp, needs = ctx.mlp, ctx.needs_input_grad
-    conv = CONV_FN[z.dim() - 2]
     w1, b1, w2 = (p.detach() for p in PreNormMlp.inputs_of(mlp)[:3])
     with torch.enable_grad():
         leaf_z = _leaf(z, needs[0])
@@ -365,7 +363,7 @@ def _chunked_mlp_gradients(ctx, z, grad_output):
     grad_inputs = torch.zeros_like(inputs)
     grad_w1, grad_b1, grad_w2 = (torch.zeros_like(p) for p in (w1, b1, w2))
     for a0, a1 in _hidden_chunks(mlp, z):
-        before = conv(inputs, w1[a0:a1], b1[a0:a1])
+        before = pointwise(inputs, w1[a0:a1], b1[a0:a1])
         w2_chunk = w2[:, a0:a1].contiguous()
         grad_hidden, grad_w2[:, a0:a1], _ = _pointwise_weight_grad(grad_output, mlp.act(before), w2_chunk, False)
         grad_before = torch.ops.aten.gelu_backward(grad_hidden, before, approximate=mlp.act.approximate)
