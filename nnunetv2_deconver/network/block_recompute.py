@@ -16,7 +16,13 @@ Here each half is one autograd function that keeps only its input (C values per 
 
 Forward and backward both run on groups of samples (``CHUNK_BYTES``), so that the workspace of the
 widest layers (R*C and alpha*C channels) at the full-resolution stage, where the training peak sits, is
-that of a group rather than of the batch.
+that of a group rather than of the batch. Where one sample's R*C-channel map is still larger than
+``CHANNEL_CHUNK_BYTES``, the mixer's part between ``h`` and the NDC output runs on groups of NDC channel
+groups (:func:`_channel_chunks`): observed channels ``[c0, c1)`` and their sources ``[e0, e1)`` need only
+``h[:, c0:c1]``, ``h`` itself and the rows ``[e0, e1)`` of ``W_p``, ``b_p``; ``W_out``'s columns
+``[e0, e1)`` take that chunk's update, so the output and ``dL/dh`` are sums over chunks and the chunk's
+parameter gradients are slices. The same math in another summation order: values agree with the
+unchunked path to rounding (not bit for bit).
 
 The recomputed values are bit-identical to the forward's (the same operators on the same inputs), so
 the gradients are those of plain autograd. Saved per block: ``x`` and ``z``, ``2 C`` values per voxel.
@@ -28,16 +34,19 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_deconver.network.layout import to_layout
+from nnunetv2_deconver.network.layout import pointwise, pointwise_backward, to_layout
 from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV_FN
 from nnunetv2_deconver.ops.ndc_autograd import _Operators, memory_format_of, update_backward
 from nnunetv2_deconver.ops.ndc_dispatch import select_implementation
 
-__all__ = ["PreNormMixer", "PreNormMlp", "CHUNK_BYTES"]
+__all__ = ["PreNormMixer", "PreNormMlp", "CHUNK_BYTES", "CHANNEL_CHUNK_BYTES"]
 
 # Forward and backward run on groups of samples whose widest buffer stays within this many bytes
 # (4 = the paper's R and alpha).
 CHUNK_BYTES, WIDEST_RATIO = 32 * 2 ** 20, 4
+# The mixer's R*C-channel work runs on channel chunks whose source map (per group of samples) stays within
+# this many bytes; one chunk (the plain code) where the whole map does.
+CHANNEL_CHUNK_BYTES = 16 * 2 ** 20
 
 
 def _refuse_double_backward() -> None:
@@ -51,12 +60,7 @@ def _leaf(tensor: torch.Tensor, needed: bool) -> torch.Tensor:
     return tensor.detach().requires_grad_(needed)
 
 
-def _pointwise_weight_grad(grad: torch.Tensor, inputs: torch.Tensor, weight: torch.Tensor, bias: bool):
-    """``(dL/dinput, dL/dweight, dL/dbias)`` of a 1x1 convolution with stride 1 (``None`` where not asked)."""
-    dim = weight.dim() - 2
-    ones, zeros = [1] * dim, [0] * dim
-    return torch.ops.aten.convolution_backward(grad, inputs, weight, [weight.shape[0]] if bias else None, ones,
-                                               zeros, ones, False, zeros, 1, [True, True, bias])
+_pointwise_weight_grad = pointwise_backward  # (dL/dinput, dL/dweight, dL/dbias) of a 1x1 convolution
 
 
 def _grads_of_leaves(roots, root_grads, leaves) -> list:
@@ -123,7 +127,7 @@ class PreNormMixer(torch.autograd.Function):
         ctx.norm, ctx.mixer = norm, mixer
         ctx.implementation = select_implementation(x)
         ctx.save_for_backward(x)
-        return _forward_in_sample_groups(x, lambda part: mixer(norm(part)))
+        return _forward_in_sample_groups(x, lambda part: _mixer_forward(mixer, norm(part), ctx.implementation))
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -134,6 +138,8 @@ class PreNormMixer(torch.autograd.Function):
 
     @staticmethod
     def _gradients(ctx, x, grad_output):
+        if len(_channel_chunks(ctx.mixer.ndc, x)) > 1:
+            return _chunked_mixer_gradients(ctx, x, grad_output)
         mixer, ndc = ctx.mixer, ctx.mixer.ndc
         needs = ctx.needs_input_grad
         conv = CONV_FN[x.dim() - 2]
@@ -158,7 +164,7 @@ class PreNormMixer(torch.autograd.Function):
         def project_out_weight_grad(update: torch.Tensor) -> None:
             nonlocal grad_w_out
             if needs[7]:
-                grad_w_out = _pointwise_weight_grad(grad, update, w_out.detach(), False)[1]
+                grad_w_out = _pointwise_weight_grad(grad, update, w_out.detach(), False, False)[1]
 
         dtype = torch.promote_types(torch.promote_types(observed.dtype, source.dtype), torch.float32)
         ops = _Operators(positive_filters.detach(), ndc.groups, dtype, layout)
@@ -172,6 +178,117 @@ class PreNormMixer(torch.autograd.Function):
         del grad_observed, grad_source
         grads = _grads_of_leaves(roots, root_grads, [leaf_x, w_in, w_p, b_p, filters])
         return (*grads, grad_w_out, grad_b_out)
+
+
+def _vector_friendly(size: int, width: int) -> int:
+    """``size`` units of ``width`` channels, rounded down so that a chunk holds a multiple of 16 channels
+    where it holds at least 16: oneDNN runs odd channel counts several times slower."""
+    return max(1, (size * width) // 16 * 16 // width) if size * width >= 16 and 16 % width == 0 else size
+
+
+def _channel_chunks(ndc, x: torch.Tensor) -> list:
+    """``[(c0, c1, e0, e1), ...]``: whole NDC groups per chunk, one chunk's source map of ``x``'s samples
+    (in the update's compute dtype, at least fp32) within ``CHANNEL_CHUNK_BYTES``."""
+    channels, groups = ndc.filters.shape[0], ndc.groups
+    per_group_c, per_group_e = channels // groups, ndc.filters.shape[1]
+    element = max(x.element_size(), 4)
+    group_bytes = per_group_e * (x.numel() // max(x.shape[1], 1)) * element
+    size = _vector_friendly(max(1, CHANNEL_CHUNK_BYTES // max(group_bytes, 1)), per_group_e)
+    return [(g * per_group_c, min(g + size, groups) * per_group_c, g * per_group_e,
+             min(g + size, groups) * per_group_e) for g in range(0, groups, size)]
+
+
+def _mixer_layout(x: torch.Tensor, implementation: str):
+    return CHANNELS_LAST.get(x.dim() - 2) if implementation == "channels_last" else None
+
+
+def _mixer_forward(mixer, normed: torch.Tensor, implementation: str) -> torch.Tensor:
+    """``mixer(normed)``; on channel chunks (see the module docstring) where there is more than one."""
+    chunks = _channel_chunks(mixer.ndc, normed)
+    if len(chunks) == 1:
+        return mixer(normed)
+    ndc, conv = mixer.ndc, CONV_FN[normed.dim() - 2]
+    layout = _mixer_layout(normed, implementation)
+    inner = normed if layout is None else normed.contiguous(memory_format=layout)
+    observed = F.relu(conv(inner, mixer.project_in.weight))
+    dtype = torch.promote_types(observed.dtype, torch.float32)
+    positive_filters = F.relu(ndc.filters)
+    out = None
+    for c0, c1, e0, e1 in chunks:
+        ops = _Operators(positive_filters[c0:c1], ndc.groups * (c1 - c0) // positive_filters.shape[0], dtype, layout)
+        source = F.relu(conv(observed, ndc.project.weight[e0:e1], ndc.project.bias[e0:e1]))
+        update = _update(ops, ops.prepare(observed[:, c0:c1])[0], ops.prepare(source)[0], ndc.eps, ndc.iterations)
+        del source
+        term = conv(update.to(observed.dtype), mixer.project_out.weight[:, e0:e1])
+        out = term if out is None else out.add_(term)
+    out = out.add_(mixer.project_out.bias.reshape(1, -1, *[1] * (out.dim() - 2)))
+    return out.contiguous(memory_format=memory_format_of(normed))
+
+
+def _update(ops: _Operators, observed: torch.Tensor, source: torch.Tensor, eps: float, iterations: int):
+    """``S^(iterations)`` (eqs. 3, 7) as :class:`~nnunetv2_deconver.ops.ndc_autograd.RecomputedNDC` computes it."""
+    numerator = ops.adjoint_of(observed).add_(eps)
+    current = source
+    for step in range(iterations):
+        denominator = ops.adjoint_of(ops.correlate(current)).add_(eps)
+        if step == iterations - 1:
+            current = numerator.mul_(current).div_(denominator)
+        else:
+            current = (current * numerator).div_(denominator)
+        del denominator
+    return current
+
+
+def _chunked_mixer_gradients(ctx, x, grad_output):
+    """:meth:`PreNormMixer._gradients` on channel chunks: the NDC part, ``S0`` and ``W_out``'s weight
+    gradient per chunk; ``dL/dh`` accumulated over chunks, then back through ``h = relu(W_in norm(x))``."""
+    mixer, ndc = ctx.mixer, ctx.mixer.ndc
+    needs = ctx.needs_input_grad
+    conv = CONV_FN[x.dim() - 2]
+    layout = _mixer_layout(x, ctx.implementation)
+    w_in = _leaf(mixer.project_in.weight, needs[3])
+    w_p, b_p, filters, w_out = (p.detach() for p in PreNormMixer.inputs_of(mixer)[1:5])
+    with torch.enable_grad():
+        leaf_x = _leaf(x, needs[0])
+        normed = ctx.norm(leaf_x)
+        inner = normed if layout is None else to_layout(normed, layout)
+        del normed
+        observed = F.relu(conv(inner, w_in))
+    hidden = observed.detach()
+    grad = grad_output if layout is None else grad_output.contiguous(memory_format=layout)
+    grad_b_out = grad.sum(dim=[d for d in range(grad.dim()) if d != 1]) if needs[8] else None
+    grad_hidden = torch.zeros_like(hidden)
+    grad_w_p, grad_b_p, grad_filters, grad_w_out = (torch.zeros_like(p) for p in (w_p, b_p, filters, w_out))
+    dtype = torch.promote_types(hidden.dtype, torch.float32)
+    positive_filters = F.relu(filters)
+    for c0, c1, e0, e1 in _channel_chunks(ndc, x):
+        ops = _Operators(positive_filters[c0:c1], ndc.groups * (c1 - c0) // filters.shape[0], dtype, layout)
+        source = F.relu(conv(hidden, w_p[e0:e1], b_p[e0:e1]))
+        w_out_chunk = w_out[:, e0:e1].contiguous()
+        grad_update = conv(grad, w_out_chunk.transpose(0, 1))
+
+        def project_out_weight_grad(update: torch.Tensor, e0=e0, e1=e1, w_out_chunk=w_out_chunk) -> None:
+            grad_w_out[:, e0:e1] = _pointwise_weight_grad(grad, update.to(hidden.dtype), w_out_chunk, False,
+                                                           False)[1]
+
+        grad_observed, grad_source, grad_positive = update_backward(
+            ops, ops.prepare(hidden[:, c0:c1])[0], ops.prepare(source)[0], None, ops.prepare(grad_update)[0],
+            ndc.eps, ndc.iterations, on_output=project_out_weight_grad)
+        del grad_update
+        grad_hidden[:, c0:c1] += grad_observed.to(hidden.dtype)
+        del grad_observed
+        grad_source = torch.ops.aten.threshold_backward(grad_source.to(source.dtype), source, 0)  # relu's
+        del source
+        grad_input, grad_w_p[e0:e1], grad_b_p[e0:e1] = _pointwise_weight_grad(grad_source, hidden, w_p[e0:e1], True)
+        del grad_source
+        grad_hidden += grad_input
+        del grad_input
+        grad_filters[c0:c1] = torch.ops.aten.threshold_backward(grad_positive.to(filters.dtype),
+                                                                positive_filters[c0:c1], 0)
+    grad = None
+    grads = _grads_of_leaves((observed,), (grad_hidden,), [leaf_x, w_in])
+    chunked = [grad_w_p, grad_b_p, grad_filters, grad_w_out]
+    return (*grads, *[g if need else None for g, need in zip(chunked, needs[4:8])], grad_b_out)
 
 
 class PreNormMlp(torch.autograd.Function):
@@ -189,7 +306,7 @@ class PreNormMlp(torch.autograd.Function):
     def forward(ctx, z, norm, mlp, *parameters):
         ctx.norm, ctx.mlp = norm, mlp
         ctx.save_for_backward(z)
-        return _forward_in_sample_groups(z, lambda part: mlp(norm(part)))
+        return _forward_in_sample_groups(z, lambda part: _mlp_forward(mlp, norm(part)))
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -200,16 +317,64 @@ class PreNormMlp(torch.autograd.Function):
 
     @staticmethod
     def _gradients(ctx, z, grad_output):
+        if len(_hidden_chunks(ctx.mlp, z)) > 1:
+            return _chunked_mlp_gradients(ctx, z, grad_output)
         needs = ctx.needs_input_grad
-        conv = CONV_FN[z.dim() - 2]
         w1, b1 = _leaf(ctx.mlp.fc1.weight, needs[3]), _leaf(ctx.mlp.fc1.bias, needs[4])
         with torch.enable_grad():
             leaf_z = _leaf(z, needs[0])
-            hidden = ctx.mlp.act(conv(ctx.norm(leaf_z), w1, b1))
+            hidden = ctx.mlp.act(pointwise(ctx.norm(leaf_z), w1, b1))
         grad_hidden, grad_w2, grad_b2 = _pointwise_weight_grad(grad_output, hidden.detach(),
                                                                ctx.mlp.fc2.weight.detach(), True)
         grads = _grads_of_leaves((hidden,), (grad_hidden,), [leaf_z, w1, b1])
         return (*grads, grad_w2 if needs[5] else None, grad_b2 if needs[6] else None)
+
+
+def _hidden_chunks(mlp, z: torch.Tensor) -> list:
+    """``[(a0, a1), ...]``: the MLP's hidden channels in chunks whose map of ``z``'s samples stays within
+    ``CHANNEL_CHUNK_BYTES``."""
+    hidden = mlp.fc1.weight.shape[0]
+    size = max(1, CHANNEL_CHUNK_BYTES // max((z.numel() // max(z.shape[1], 1)) * z.element_size(), 1))
+    size = _vector_friendly(size, 1)
+    return [(a, min(a + size, hidden)) for a in range(0, hidden, size)]
+
+
+def _mlp_forward(mlp, normed: torch.Tensor) -> torch.Tensor:
+    """``mlp(normed)``; on chunks of hidden channels (``fc2``'s output summed over them) where more than one."""
+    chunks = _hidden_chunks(mlp, normed)
+    if len(chunks) == 1:
+        return mlp(normed)
+    out = None
+    for a0, a1 in chunks:
+        hidden = mlp.act(pointwise(normed, mlp.fc1.weight[a0:a1], mlp.fc1.bias[a0:a1]))
+        term = pointwise(hidden, mlp.fc2.weight[:, a0:a1])
+        out = term if out is None else out.add_(term)
+    return out.add_(mlp.fc2.bias.reshape(1, -1, *[1] * (out.dim() - 2)))
+
+
+def _chunked_mlp_gradients(ctx, z, grad_output):
+    """:meth:`PreNormMlp._gradients` on chunks of hidden channels; ``dL/dnorm(z)`` summed over them."""
+    mlp, needs = ctx.mlp, ctx.needs_input_grad
+    w1, b1, w2 = (p.detach() for p in PreNormMlp.inputs_of(mlp)[:3])
+    with torch.enable_grad():
+        leaf_z = _leaf(z, needs[0])
+        normed = ctx.norm(leaf_z)
+    inputs = normed.detach()
+    grad_inputs = torch.zeros_like(inputs)
+    grad_w1, grad_b1, grad_w2 = (torch.zeros_like(p) for p in (w1, b1, w2))
+    for a0, a1 in _hidden_chunks(mlp, z):
+        before = pointwise(inputs, w1[a0:a1], b1[a0:a1])
+        w2_chunk = w2[:, a0:a1].contiguous()
+        grad_hidden, grad_w2[:, a0:a1], _ = _pointwise_weight_grad(grad_output, mlp.act(before), w2_chunk, False)
+        grad_before = torch.ops.aten.gelu_backward(grad_hidden, before, approximate=mlp.act.approximate)
+        del grad_hidden, before
+        grad_input, grad_w1[a0:a1], grad_b1[a0:a1] = _pointwise_weight_grad(grad_before, inputs, w1[a0:a1], True)
+        del grad_before
+        grad_inputs += grad_input
+        del grad_input
+    grad_z, = _grads_of_leaves((normed,), (grad_inputs,), [leaf_z])
+    grad_b2 = grad_output.sum(dim=[d for d in range(grad_output.dim()) if d != 1]) if needs[6] else None
+    return (grad_z, *[g if need else None for g, need in zip((grad_w1, grad_b1, grad_w2), needs[3:6])], grad_b2)
 
 
 def selective_recompute_applies(x: torch.Tensor, forced: Optional[str]) -> bool:

@@ -8,7 +8,7 @@ from torch.utils.checkpoint import checkpoint
 from nnunetv2_deconver.ops.by_dimension import CONV, INSTANCE_NORM
 from nnunetv2_deconver.ops.ndc import NDC
 from nnunetv2_deconver.ops.ndc_dispatch import compute_layout, forced_implementation
-from nnunetv2_deconver.network.layout import to_layout
+from nnunetv2_deconver.network.layout import pointwise, to_layout
 from nnunetv2_deconver.network.block_recompute import PreNormMixer, PreNormMlp, selective_recompute_applies
 from nnunetv2_deconver.ops.ndc_autograd import memory_format_of
 
@@ -46,7 +46,8 @@ class Mlp(nn.Module):
         self.fc2 = CONV[dim](hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        # 1x1 convolutions as matrix products on the CPU's default-layout maps (network/layout.py)
+        return pointwise(self.act(pointwise(x, self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
 
 
 class DeconverBlock(nn.Module):

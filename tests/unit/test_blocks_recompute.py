@@ -42,12 +42,16 @@ def _run(block, x, grad, recompute):
     return [out.detach(), x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
 
 
+# one chunk; one NDC group (MLP hidden channel) a chunk; several
+@pytest.mark.parametrize("channel_chunk_bytes", [None, 1, 2000])
 @pytest.mark.parametrize("chunk_bytes", [None, 1])  # default, and one sample at a time
 @pytest.mark.parametrize("shape,kernel,groups,iterations", CASES)
 def test_recomputing_block_gives_the_naive_values_and_gradients(shape, kernel, groups, iterations, chunk_bytes,
-                                                                monkeypatch):
+                                                                channel_chunk_bytes, monkeypatch):
     if chunk_bytes is not None:
         monkeypatch.setattr(block_recompute, "CHUNK_BYTES", chunk_bytes)
+    if channel_chunk_bytes is not None:
+        monkeypatch.setattr(block_recompute, "CHANNEL_CHUNK_BYTES", channel_chunk_bytes)
     block, x = _block_and_input(shape, kernel, groups, iterations)
     grad = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     expected = _run(block, x, grad, recompute=False)
@@ -140,3 +144,15 @@ def test_single_sample_channels_last_block_gets_the_naive_input_gradient(recompu
     x.grad = None
     block(x).backward(grad)
     torch.testing.assert_close(x.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("channel_chunk_bytes,expected", [(1, 8), (2 * 4 * 60 * 4, 4), (10 ** 9, 1)])
+def test_channel_chunks_hold_whole_ndc_groups_within_the_budget(channel_chunk_bytes, expected, monkeypatch):
+    """C = 8, G = 8 (R = 4): a group's source map of 2 samples x 30 voxels is 4 * 60 fp32 values."""
+    monkeypatch.setattr(block_recompute, "CHANNEL_CHUNK_BYTES", channel_chunk_bytes)
+    block = DeconverBlock(8, (3, 3))
+    chunks = block_recompute._channel_chunks(block.mixer.ndc, torch.zeros(2, 8, 5, 6))
+    assert len(chunks) == expected
+    assert chunks[0][:1] == (0,) and chunks[-1][1::2] == (8, 32)
+    assert all(c1 - c0 == (c1 - c0) // 1 and e1 - e0 == 4 * (c1 - c0) for c0, c1, e0, e1 in chunks)
+    assert all(a[1] == b[0] and a[3] == b[2] for a, b in zip(chunks, chunks[1:]))
