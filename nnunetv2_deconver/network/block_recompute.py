@@ -12,7 +12,8 @@ Here each half is one autograd function that keeps only its input (C values per 
   needs is formed from those same ``N`` and ``D`` (one elementwise product), so the update itself is not
   run again.
 * :class:`PreNormMlp` keeps ``z``. Backward recomputes ``norm2(z)`` and ``GELU(fc1(.))`` (one 1x1
-  convolution); ``fc2`` is not run again, its three gradients come from ``convolution_backward``.
+  convolution); ``fc2`` is not run again, its three gradients come from ``pointwise_backward``
+  (``network/layout.py``: a batched matrix product on default-layout CPU maps, else ``convolution_backward``).
 
 Forward and backward both run on groups of samples (``CHUNK_BYTES``), so that the workspace of the
 widest layers (R*C and alpha*C channels) at the full-resolution stage, where the training peak sits, is

@@ -5,13 +5,14 @@ import torch
 from torch import nn
 
 from nnunetv2_deconver.ops.ndc import NDC, nonnegative_deconvolution
-from nnunetv2_deconver.ops.ndc_dispatch import (IMPLEMENTATIONS, force_implementation,
-                                   select_implementation)
+from nnunetv2_deconver.ops.ndc_dispatch import force_implementation, select_implementation
 from nnunetv2_deconver.network import Deconver
 from nnunetv2_deconver.network.costs import saved_tensor_bytes
 from nnunetv2_deconver.network.presets import PAPER_PRESETS, paper_widths
 
-FAST = [name for name in IMPLEMENTATIONS if name != "naive"]
+from helpers.implementations import RUNNABLE
+
+FAST = [name for name in RUNNABLE if name != "naive"]
 CASES = [  # (spatial, kernel, C, E, groups)
     ((9,), (3,), 4, 8, 4),
     ((7,), (5,), 2, 6, 1),
