@@ -34,7 +34,7 @@ def to_layout(x: torch.Tensor, layout: torch.memory_format) -> torch.Tensor:
 
 
 def _as_matrix_product(x: torch.Tensor) -> bool:
-    # On the CPU oneDNN's 1x1 convolutions (forward and backward) run 2-3x slower on maps in the default
+    # On the CPU oneDNN's 1x1 convolutions (forward and backward) run slower on maps in the default
     # layout than the same products as batched matrix products (docs/performance.md); channels-last maps
     # run as fast as convolutions and stay convolutions.
     return x.device.type == "cpu" and x.dim() > 2 and x.is_contiguous()

@@ -4,5 +4,5 @@ from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconv
 class nnUNetTrainerDeconverCheckpointed(nnUNetTrainerDeconver):
     """Deconver with activation checkpointing of every block: the same network and gradients with a
     fraction of the activation memory, for a larger patch or batch on the same GPU, with each block run
-    twice per step (about a fifth slower on the CPU, ``docs/performance.md``)."""
+    twice per step (the cost is measured in ``docs/performance.md``)."""
     checkpoint_blocks = True
