@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers.processes import BIN, nnunet_environment
+from helpers.processes import BIN, nnunet_environment, run
 DATASET_ID, NAME = 871, "DTCBall"
 SHAPE, SPACING = (10, 32, 32), (3.0, 1.0, 1.0)  # (z, y, x): anisotropic, so the plan has a (1, 2, 2) stride
 
@@ -49,12 +49,6 @@ def _make_dataset(raw):
     return folder
 
 
-def _run(args, env, timeout=240):
-    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
 TRAINERS = ("nnUNetTrainerUNetDTC_smoke", "nnUNetTrainerDeconverDTC_smoke")
 
 
@@ -64,13 +58,12 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("nnunet_dtc")
     env = nnunet_environment(root)
     folder = _make_dataset(env["nnUNet_raw"])
-    _run([os.path.join(BIN, "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "3d_fullres",
-          "-np", "1"], env)
+    run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1"], env, timeout=240)
     models = {}
     for trainer in TRAINERS:
         # nnUNet_n_proc_DA=0 only for training: the planner crashes with it (torch.set_num_threads(0))
-        _run([os.path.join(BIN, "nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "0", "-tr", trainer,
-              "-device", "cpu"], dict(env, nnUNet_n_proc_DA="0"))
+        run(["nnUNetv2_train", str(DATASET_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"],
+            dict(env, nnUNet_n_proc_DA="0"), timeout=240)
         models[trainer] = os.path.join(env["nnUNet_results"], f"Dataset{DATASET_ID}_{NAME}",
                                        f"{trainer}__nnUNetPlans__3d_fullres")
     return dict(env=env, folder=folder, models=models, root=root)
@@ -86,9 +79,10 @@ def test_dtc_trains_and_predicts_through_the_cli(trained, trainer):
     assert any(k.startswith("decoder.transpconvs.0.coordinates.") for k in keys)
     assert any(k.startswith("decoder.transpconvs.0.base.") for k in keys)
     out = str(trained["root"] / f"predictions_{trainer}")
-    _run([os.path.join(BIN, "nnUNetv2_predict"), "-i", os.path.join(trained["folder"], "imagesTs"), "-o", out,
+    run(["nnUNetv2_predict", "-i", os.path.join(trained["folder"], "imagesTs"), "-o", out,
           "-d", str(DATASET_ID), "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-chk",
-          "checkpoint_final.pth", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], trained["env"])
+          "checkpoint_final.pth", "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], trained["env"],
+        timeout=240)
     predictions = glob.glob(os.path.join(out, "*.nii.gz"))
     assert len(predictions) == 1
     seg = sitk.GetArrayFromImage(sitk.ReadImage(predictions[0]))
@@ -99,11 +93,11 @@ def test_displacement_picture_from_the_trained_model(trained, tmp_path):
     image = glob.glob(os.path.join(trained["folder"], "imagesTs", "*_0000.nii.gz"))[0]
     png = str(tmp_path / "displacement.png")
     env = {k: v for k, v in trained["env"].items() if k != "nnUNet_extTrainer"}  # the command finds them itself
-    result = _run([os.path.join(BIN, "nnunetv2_deconver"), "dtc-displacement", trained["models"][TRAINERS[1]],
-                   image, "-o", png, "--fold", "0", "--checkpoint", "checkpoint_final.pth"], env)
+    output = run(["nnunetv2_deconver", "dtc-displacement", trained["models"][TRAINERS[1]],
+                  image, "-o", png, "--fold", "0", "--checkpoint", "checkpoint_final.pth"], env, timeout=240)
     with open(png, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert "wrote" in result.stdout
+    assert "wrote" in output
 
 
 def test_displacement_command_rejects_a_folder_that_is_no_model(tmp_path):

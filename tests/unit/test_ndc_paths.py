@@ -10,7 +10,7 @@ from nnunetv2_deconver.network import Deconver
 from nnunetv2_deconver.network.costs import saved_tensor_bytes
 from nnunetv2_deconver.network.presets import PAPER_PRESETS, paper_widths
 
-from helpers.implementations import RUNNABLE
+from helpers.implementations import RUNNABLE, max_relative_error, run_with_gradients
 
 FAST = [name for name in RUNNABLE if name != "naive"]
 CASES = [  # (spatial, kernel, C, E, groups)
@@ -33,39 +33,27 @@ def _operands(spatial, kernel, c, e, groups, seed=0, batch=2, dtype=torch.float3
     return [t.requires_grad_() for t in (x, source, filters)], grad
 
 
-def _run(implementation, operands, grad, groups, iterations, eps=1e-8):
-    for tensor in operands:
-        tensor.grad = None
-    out = nonnegative_deconvolution(*operands, groups, eps, iterations, implementation=implementation)
-    out.backward(grad)
-    return out.detach(), [tensor.grad.clone() for tensor in operands]
-
-
-def _relative(got, expected):
-    return ((got.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
-
-
 @pytest.mark.parametrize("implementation", FAST)
 @pytest.mark.parametrize("iterations", [1, 3])
 @pytest.mark.parametrize("spatial,kernel,c,e,groups", CASES)
 def test_fast_paths_match_naive_values_and_gradients(spatial, kernel, c, e, groups, iterations, implementation):
     operands, grad = _operands(spatial, kernel, c, e, groups)
-    expected, expected_grads = _run("naive", operands, grad, groups, iterations)
-    got, got_grads = _run(implementation, operands, grad, groups, iterations)
+    expected, expected_grads = run_with_gradients("naive", operands, grad, groups, iterations)
+    got, got_grads = run_with_gradients(implementation, operands, grad, groups, iterations)
     assert got.dtype == torch.float32 and got.shape == expected.shape
-    assert _relative(got, expected) <= 1e-5
+    assert max_relative_error(got, expected) <= 1e-5
     for name, g, ref in zip(("x", "source", "filters"), got_grads, expected_grads):
-        assert _relative(g, ref) <= 1e-4, name
+        assert max_relative_error(g, ref) <= 1e-4, name
 
 
 @pytest.mark.parametrize("implementation", FAST)
 def test_fast_paths_in_float64_are_exact_to_rounding(implementation):
     operands, grad = _operands((5, 4, 6), (3, 3, 3), 4, 16, 4, dtype=torch.float64)
-    expected, expected_grads = _run("naive", operands, grad, 4, 2)
-    got, got_grads = _run(implementation, operands, grad, 4, 2)
+    expected, expected_grads = run_with_gradients("naive", operands, grad, 4, 2)
+    got, got_grads = run_with_gradients(implementation, operands, grad, 4, 2)
     assert got.dtype == torch.float64
-    assert _relative(got, expected) <= 1e-12
-    assert all(_relative(g, ref) <= 1e-10 for g, ref in zip(got_grads, expected_grads))
+    assert max_relative_error(got, expected) <= 1e-12
+    assert all(max_relative_error(g, ref) <= 1e-10 for g, ref in zip(got_grads, expected_grads))
 
 
 @pytest.mark.parametrize("implementation", FAST)
@@ -78,11 +66,11 @@ def test_gradcheck(implementation):
 @pytest.mark.parametrize("implementation", FAST)
 def test_only_requested_gradients_are_computed(implementation):
     operands, grad = _operands((5, 6), (3, 3), 4, 8, 2)
-    _, expected_grads = _run("naive", operands, grad, 2, 1)
+    _, expected_grads = run_with_gradients("naive", operands, grad, 2, 1)
     x, source, filters = (t.detach() for t in operands)
     filters.requires_grad_()
     nonnegative_deconvolution(x, source, filters, 2, implementation=implementation).backward(grad)
-    assert _relative(filters.grad, expected_grads[2]) <= 1e-4
+    assert max_relative_error(filters.grad, expected_grads[2]) <= 1e-4
 
 
 @pytest.mark.parametrize("implementation", FAST)
@@ -99,10 +87,10 @@ def test_autocast_bf16_computes_in_fp32_like_naive(implementation):
         assert out.dtype == torch.float32
         out.backward(grad)
         results[name] = out.detach(), [t.grad.clone() for t in operands]
-    assert _relative(results[implementation][0], results["naive"][0]) <= 1e-5
+    assert max_relative_error(results[implementation][0], results["naive"][0]) <= 1e-5
     for got, ref in zip(results[implementation][1], results["naive"][1]):
         assert got.dtype == torch.float32
-        assert _relative(got, ref) <= 1e-4
+        assert max_relative_error(got, ref) <= 1e-4
 
 
 def _saved_activation_bytes(implementation, operands, iterations=1):
@@ -213,9 +201,9 @@ def test_network_through_every_path_matches_naive(dim):
     for implementation in FAST:
         got, grads = _network_outputs(network, x, implementation)
         assert got.is_contiguous()
-        assert _relative(got, expected) <= 1e-4, implementation
+        assert max_relative_error(got, expected) <= 1e-4, implementation
         for name, ref in expected_grads.items():
-            assert _relative(grads[name], ref) <= 1e-3, (implementation, name)
+            assert max_relative_error(grads[name], ref) <= 1e-3, (implementation, name)
 
 
 @pytest.mark.parametrize("implementation", FAST)
@@ -232,5 +220,5 @@ def test_ndc_layer_under_torch_compile(implementation):
     with force_implementation(implementation):
         got = compiled(x)
         got.sum().backward()
-    assert _relative(got.detach(), expected.detach()) <= 1e-5
-    assert _relative(layer.filters.grad, expected_grad) <= 1e-4
+    assert max_relative_error(got.detach(), expected.detach()) <= 1e-5
+    assert max_relative_error(layer.filters.grad, expected_grad) <= 1e-4

@@ -16,6 +16,8 @@ from nnunetv2_deconver.ops import ndc_triton
 from nnunetv2_deconver.ops.ndc import NDC, nonnegative_deconvolution
 from nnunetv2_deconver.ops.ndc_dispatch import IMPLEMENTATIONS, force_implementation, select_implementation
 
+from helpers.implementations import max_relative_error, run_with_gradients
+
 pytestmark = pytest.mark.skipif(not ndc_triton.triton_available(), reason="Triton is not installed")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled kernels)")
 
@@ -56,29 +58,17 @@ def _operands(spatial, kernel, c, r, channels_last=False, seed=0, batch=1, dtype
     return [t.to(dtype).requires_grad_() for t in (x, source, filters)], grad
 
 
-def _run(implementation, operands, grad, groups, iterations=1, eps=1e-8):
-    for tensor in operands:
-        tensor.grad = None
-    out = nonnegative_deconvolution(*operands, groups, eps, iterations, implementation=implementation)
-    out.backward(grad)
-    return out.detach(), [tensor.grad.clone() for tensor in operands]
-
-
-def _relative(got, expected):
-    return ((got.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
-
-
 @pytest.mark.parametrize("spatial,kernel,c,r,iterations,channels_last", CASES)
 def test_fused_kernels_match_naive_values_and_gradients(interpreter, spatial, kernel, c, r, iterations,
                                                          channels_last):
     operands, grad = _operands(spatial, kernel, c, r, channels_last)
-    expected, expected_grads = _run("naive", operands, grad, c, iterations)
-    got, got_grads = _run("triton", operands, grad, c, iterations)
+    expected, expected_grads = run_with_gradients("naive", operands, grad, c, iterations)
+    got, got_grads = run_with_gradients("triton", operands, grad, c, iterations)
     assert "update_kernel" in interpreter and "update_backward_kernel" in interpreter  # the fused path ran
     assert got.dtype == torch.float32 and got.shape == expected.shape
-    assert _relative(got, expected) <= 1e-5
+    assert max_relative_error(got, expected) <= 1e-5
     for name, g, ref in zip(("x", "source", "filters"), got_grads, expected_grads):
-        assert _relative(g, ref) <= 1e-4, name
+        assert max_relative_error(g, ref) <= 1e-4, name
     if channels_last:
         layout = {4: torch.channels_last, 5: torch.channels_last_3d}[got.dim()]
         assert got.is_contiguous(memory_format=layout)
@@ -88,13 +78,13 @@ def test_fused_kernels_match_naive_values_and_gradients(interpreter, spatial, ke
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_are_read_in_place_and_computed_in_fp32(interpreter, dtype):
     operands, grad = _operands((5, 6), (3, 3), 2, 2, dtype=dtype)
-    expected, expected_grads = _run("naive", operands, grad, 2, 2)  # naive upcasts the same values to fp32
-    got, got_grads = _run("triton", operands, grad, 2, 2)
+    expected, expected_grads = run_with_gradients("naive", operands, grad, 2, 2)  # naive upcasts the same values to fp32
+    got, got_grads = run_with_gradients("triton", operands, grad, 2, 2)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
-    assert _relative(got, expected) <= 1e-5
+    assert max_relative_error(got, expected) <= 1e-5
     for g, ref in zip(got_grads, expected_grads):
         assert g.dtype == dtype  # gradients come back in the inputs' dtype: one rounding of the fp32 value
-        assert _relative(g, ref) <= 2 ** -7
+        assert max_relative_error(g, ref) <= 2 ** -7
 
 
 def test_autocast_output_is_fp32_like_naive(interpreter):
@@ -110,9 +100,9 @@ def test_autocast_output_is_fp32_like_naive(interpreter):
         assert out.dtype == torch.float32
         out.backward(grad)
         results[name] = out.detach(), [t.grad.clone() for t in operands]
-    assert _relative(results["triton"][0], results["naive"][0]) <= 1e-5
+    assert max_relative_error(results["triton"][0], results["naive"][0]) <= 1e-5
     for got, ref in zip(results["triton"][1], results["naive"][1]):
-        assert _relative(got, ref) <= 1e-4
+        assert max_relative_error(got, ref) <= 1e-4
 
 
 def test_saves_what_recompute_saves(interpreter):
@@ -133,8 +123,8 @@ def test_other_group_counts_take_the_recompute_path(interpreter, groups):
     filters = torch.rand(4, 8 // groups, 3, 3, generator=generator)
     operands = [t.requires_grad_() for t in (x, source, filters)]
     grad = torch.randn(2, 8, 5, 6, generator=generator)
-    expected, expected_grads = _run("recompute", operands, grad, groups, 2)
-    got, got_grads = _run("triton", operands, grad, groups, 2)
+    expected, expected_grads = run_with_gradients("recompute", operands, grad, groups, 2)
+    got, got_grads = run_with_gradients("triton", operands, grad, groups, 2)
     assert interpreter == []
     assert torch.equal(got, expected) and all(torch.equal(g, e) for g, e in zip(got_grads, expected_grads))
 
@@ -142,7 +132,7 @@ def test_other_group_counts_take_the_recompute_path(interpreter, groups):
 def test_cpu_tensors_without_the_interpreter_take_the_recompute_path(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     operands, grad = _operands((5, 6), (3, 3), 2, 2)
-    assert torch.equal(_run("triton", operands, grad, 2)[0], _run("recompute", operands, grad, 2)[0])
+    assert torch.equal(run_with_gradients("triton", operands, grad, 2)[0], run_with_gradients("recompute", operands, grad, 2)[0])
 
 
 def test_missing_triton_is_a_clear_error_and_dispatch_never_picks_it(monkeypatch):
@@ -188,8 +178,8 @@ def test_layer_under_torch_compile_is_one_graph(interpreter):
         got = compiled(x)
         got.sum().backward()
     assert "update_kernel" in interpreter and "update_backward_kernel" in interpreter
-    assert _relative(got.detach(), expected.detach()) <= 1e-5
-    assert _relative(layer.filters.grad, expected_grad) <= 1e-4
+    assert max_relative_error(got.detach(), expected.detach()) <= 1e-5
+    assert max_relative_error(layer.filters.grad, expected_grad) <= 1e-4
 
 
 def test_kernels_compile_for_an_h100_without_a_gpu():
@@ -226,10 +216,10 @@ def test_kernels_compile_for_an_h100_without_a_gpu():
 def test_compiled_kernels_on_gpu_match_naive(spatial, kernel, c, r, iterations, channels_last):
     operands, grad = _operands(spatial, kernel, c, r, channels_last)
     operands = [t.detach().cuda().requires_grad_() for t in operands]
-    expected, expected_grads = _run("naive", operands, grad.cuda(), c, iterations)
-    got, got_grads = _run("triton", operands, grad.cuda(), c, iterations)
-    assert _relative(got, expected) <= 1e-5
-    assert all(_relative(g, ref) <= 1e-4 for g, ref in zip(got_grads, expected_grads))
+    expected, expected_grads = run_with_gradients("naive", operands, grad.cuda(), c, iterations)
+    got, got_grads = run_with_gradients("triton", operands, grad.cuda(), c, iterations)
+    assert max_relative_error(got, expected) <= 1e-5
+    assert all(max_relative_error(g, ref) <= 1e-4 for g, ref in zip(got_grads, expected_grads))
 
 
 @CUDA
@@ -246,5 +236,5 @@ def test_gpu_layer_under_fp16_autocast_and_inductor_is_finite_and_matches_naive(
         out.float().square().mean().backward()
         results[name] = out.detach(), layer.filters.grad.clone()
     assert torch.isfinite(results["triton"][0]).all() and torch.isfinite(results["triton"][1]).all()
-    assert _relative(results["triton"][0], results["naive"][0]) <= 1e-3
-    assert _relative(results["triton"][1], results["naive"][1]) <= 1e-2
+    assert max_relative_error(results["triton"][0], results["naive"][0]) <= 1e-3
+    assert max_relative_error(results["triton"][1], results["naive"][1]) <= 1e-2
