@@ -41,6 +41,7 @@ def check_training_finite(epoch: int, loss: float, parameters: Iterable[torch.Te
         f"ndc_eps 0 or tiny in the plan, a learning rate too high (now {learning_rate:g}), fp16 overflow under mixed "
         f"precision, or NaN/inf in the images. Fix that, then retrain or resume an earlier checkpoint with --c.")
 
+
 PREDICT_PROGRAMS = ("nnUNetv2_predict", "nnUNetv2_predict_from_modelfolder")
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})(?P<ending>\..+)$")
 
