@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nnunetv2_deconver.network.blocks import DeconverBlock
+from nnunetv2_deconver.network.blocks import MEMORY_MODES, DeconverBlock
 from nnunetv2_deconver.ops.by_dimension import CONV_TRANSPOSED
 from nnunetv2_deconver.ops.dtc import DeformableTransposedConv
 from nnunetv2_deconver.ops.ndc import check_update_options
@@ -41,7 +41,8 @@ def _per_stage(value, n_stages: int, name: str) -> list:
 
 def stride_divisor(strides: Sequence[Sequence[int]]) -> Tuple[int, ...]:
     """Per axis, the product of every stage's stride: each patch axis must be a multiple of it."""
-    return tuple(int(v) for v in np.prod(np.array(strides, dtype=np.int64), axis=0))
+    # plain integers, not numpy: torch.compile traces numpy calls as tensor operations
+    return tuple(math.prod([int(stride[axis]) for stride in strides]) for axis in range(len(strides[0])))
 
 
 def _at_least(value, minimum: int, name: str) -> None:
@@ -163,8 +164,11 @@ class Deconver(nn.Module):
     Raises:
         ValueError: one line naming the argument, for every value outside these ranges (also under
             ``python -O``: no asserts).
-        checkpoint_blocks: recompute each Deconver block in backward instead of keeping its activations
-            (activation checkpointing; same values, less memory, more compute; see ``DeconverBlock``).
+    Memory (what a training forward keeps for backward; values and gradients do not depend on it):
+        block_memory: every block's ``memory`` (see ``DeconverBlock``): ``"regions"`` (default; each half
+            recomputed in backward, one region at a time), ``"block"`` (the whole block recomputed at once)
+            or ``"plain"`` (plain autograd).
+        checkpoint_blocks: ``True`` is ``block_memory="block"`` (the name plans and trainers used first).
     """
 
     def __init__(self, input_channels: int, n_stages: int, features_per_stage: IntOrSeq, conv_op,
@@ -173,7 +177,7 @@ class Deconver(nn.Module):
                  n_blocks_per_stage: IntOrSeq = 1, n_blocks_per_stage_decoder: IntOrSeq = 1,
                  ndc_eps: float = 1e-8, ndc_iterations: int = 1, stem_kernel_size: IntOrSeq = None,
                  upsample: str = "transposed", dtc_receptive_field: Optional[float] = 2.0,
-                 checkpoint_blocks: bool = False):
+                 checkpoint_blocks: bool = False, block_memory: str = "regions"):
         super().__init__()
         if upsample not in _UPSAMPLE:
             raise ValueError(f"upsample must be one of {_UPSAMPLE}, got {upsample!r}")
@@ -205,6 +209,9 @@ class Deconver(nn.Module):
         _at_least(mlp_ratio, 1, "mlp_ratio")
         if not isinstance(checkpoint_blocks, bool):
             raise ValueError(f"checkpoint_blocks must be true or false, got {checkpoint_blocks!r}")
+        if block_memory not in MEMORY_MODES:
+            raise ValueError(f"block_memory must be one of {MEMORY_MODES}, got {block_memory!r}")
+        block_memory = "block" if checkpoint_blocks else block_memory
         groups = _per_stage(ndc_groups, n_stages, "ndc_groups")
         for c, g in zip(features_per_stage, groups):
             if g is not None and (not _is_int(g) or g < 1 or c % g):
@@ -220,21 +227,20 @@ class Deconver(nn.Module):
         _at_least(self.n_blocks_per_stage + self.n_blocks_per_stage_decoder, 0, "n_blocks_per_stage(_decoder)")
         self.stem_kernel_size = stem_kernel_size
         self.upsample = upsample
-        common = dict(ratio=ndc_ratio, mlp_ratio=mlp_ratio, eps=ndc_eps, iterations=ndc_iterations)
+        common = dict(ratio=ndc_ratio, mlp_ratio=mlp_ratio, eps=ndc_eps, iterations=ndc_iterations,
+                      memory=block_memory)
         self.encoder = DeconverEncoder(input_channels, features_per_stage, conv_op, kernel_sizes, strides,
                                        self.n_blocks_per_stage, stem_kernel_size, groups, common)
         self.decoder = DeconverDecoder(features_per_stage, conv_op, kernel_sizes, strides,
                                        self.n_blocks_per_stage_decoder, num_classes, deep_supervision, groups, common,
                                        upsample, dtc_receptive_field)
-        self.checkpoint_blocks = checkpoint_blocks
-        for block in self.modules():
-            if isinstance(block, DeconverBlock):
-                block.checkpoint = checkpoint_blocks
+        self.checkpoint_blocks, self.block_memory = block_memory == "block", block_memory
+        self._divisor = stride_divisor(self.strides)
 
     @property
     def divisor(self) -> Tuple[int, ...]:
         """What every input patch size must be divisible by, per axis (the product of all strides)."""
-        return stride_divisor(self.strides)
+        return self._divisor
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         spatial = tuple(x.shape[2:])

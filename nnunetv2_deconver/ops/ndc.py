@@ -12,19 +12,19 @@ channels-last layout (``"channels_last"``), and the fused Triton kernels of
 """
 import math
 import numbers
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV, CONV_FN, CONV_TRANSPOSED_FN
-from nnunetv2_deconver.ops.ndc_autograd import RecomputedNDC, memory_format_of
+from nnunetv2_deconver.ops.ndc_autograd import Operators, RecomputedNDC, differentiable_operators, memory_format_of, update_step
 from nnunetv2_deconver.ops.ndc_dispatch import IMPLEMENTATIONS, select_implementation
 from nnunetv2_deconver.ops.ndc_triton import triton_deconvolution
 from nnunetv2_deconver.ops.precision import autocast_disabled
 
-__all__ = ["nonnegative_deconvolution", "NDC", "check_update_options"]
+__all__ = ["nonnegative_deconvolution", "plain_update", "NDC", "check_update_options"]
 
 # True while torch.compile traces (torch >= 2.3); the value check would break the graph there
 _compiling = getattr(torch.compiler, "is_compiling", lambda: False)
@@ -83,16 +83,29 @@ def check_update_options(eps: float, iterations: int, zero_eps_allowed: bool = F
         raise ValueError(f"NDC iterations must be an integer >= 1, got {iterations!r}")
 
 
-def _naive_update(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int, eps: float,
-                  iterations: int, kernel: Tuple[int, ...]) -> torch.Tensor:
-    """The update as a plain composition; autograd keeps every intermediate (about 18 activations' worth)."""
-    padding = tuple(k // 2 for k in kernel)
-    conv, conv_t = CONV_FN[len(kernel)], CONV_TRANSPOSED_FN[len(kernel)]
-    numerator = conv_t(x, filters, padding=padding, groups=groups) + eps
-    for _ in range(iterations):
-        reconstruction = conv(source, filters, padding=padding, groups=groups)  # K(S): E -> C
-        source = source * numerator / (conv_t(reconstruction, filters, padding=padding, groups=groups) + eps)
-    return source
+def plain_update(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int, eps: float,
+                 iterations: int, layout: Optional[torch.memory_format] = None) -> torch.Tensor:
+    """The update (eqs. 3, 7) as plain differentiable operations; autograd keeps every intermediate.
+
+    ``layout`` ``None`` is the naive composition of ``conv``/``conv_transpose`` in the operands' layout (the
+    reference, twice differentiable); a channels-last format computes in it with the CPU's cheap forms of
+    ``K`` and ``A`` and their cheap backward (:func:`~nnunetv2_deconver.ops.ndc_autograd.differentiable_operators`),
+    for callers that recompute
+    the update in backward themselves (a checkpoint region), where what autograd keeps is freed anyway.
+    Runs in (at least) fp32, outside autocast: fp16 cannot hold eps and overflows in the ratio.
+    """
+    with autocast_disabled(x.device.type):
+        dtype = torch.promote_types(torch.promote_types(x.dtype, source.dtype), torch.float32)
+        prepare = Operators(filters, groups, dtype, layout).prepare
+        correlate, adjoint = differentiable_operators(filters, groups, dtype, layout)
+        adjoint_x = adjoint(prepare(x)[0])
+        current = prepare(source)[0]
+        for _ in range(iterations):
+            if layout is None:
+                current = current * (adjoint_x + eps) / (adjoint(correlate(current)) + eps)
+            else:
+                current = update_step(current, adjoint_x, adjoint(correlate(current)), eps)
+        return current
 
 
 def nonnegative_deconvolution(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, groups: int,
@@ -139,10 +152,7 @@ def nonnegative_deconvolution(x: torch.Tensor, source: torch.Tensor, filters: to
     if implementation != "naive":
         layout = CHANNELS_LAST.get(len(kernel)) if implementation == "channels_last" else None
         return RecomputedNDC.apply(x, source, filters, groups, eps, iterations, layout)
-    # fp16 cannot hold eps and overflows in the ratio: the update always runs in (at least) fp32.
-    with autocast_disabled(x.device.type):
-        dtype = torch.promote_types(torch.promote_types(x.dtype, source.dtype), torch.float32)
-        return _naive_update(x.to(dtype), source.to(dtype), filters.to(dtype), groups, eps, iterations, kernel)
+    return plain_update(x, source, filters, groups, eps, iterations)
 
 
 class NDC(nn.Module):
@@ -177,7 +187,15 @@ class NDC(nn.Module):
         # The init torch uses for conv weights; the paper's "Kaiming uniform".
         nn.init.kaiming_uniform_(self.filters, a=math.sqrt(5))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, chunk: Optional[Tuple[int, int, int, int]] = None,
+                recomputed: bool = False) -> torch.Tensor:
+        """The layer's output ``(B, R*C, *spatial)``, or with ``chunk = (c0, c1, e0, e1)`` (whole groups) its
+        sources ``[e0, e1)``, which only the observed channels ``[c0, c1)`` of their groups reach.
+
+        ``recomputed``: the caller runs this forward again in backward (a checkpoint region), so the
+        memory-lean paths' custom functions give way to :func:`plain_update` in the same layout: what it keeps
+        is freed with the region, and backward then need not recompute ``A(x)`` and ``A(K(S0))`` once more.
+        """
         implementation = select_implementation(x)
         caller_layout = memory_format_of(x)
         layout = CHANNELS_LAST.get(x.dim() - 2) if implementation == "channels_last" else None
@@ -185,10 +203,17 @@ class NDC(nn.Module):
             # Converting the C-channel input once makes the projection emit S0 channels-last, which spares
             # the update (and its backward) three conversions of R*C-channel tensors.
             x = x.contiguous(memory_format=layout)
-        source = F.relu(self.project(x))
-        # every operand is a ReLU output: the nonnegativity check would only cost a host sync per layer
-        output = nonnegative_deconvolution(x, source, F.relu(self.filters), self.groups, self.eps, self.iterations,
-                                           implementation, check_nonnegative=False)
+        if chunk is None:
+            observed, source, filters, groups = x, F.relu(self.project(x)), self.filters, self.groups
+        else:
+            c0, c1, e0, e1 = chunk
+            source = F.relu(CONV_FN[x.dim() - 2](x, self.project.weight[e0:e1], self.project.bias[e0:e1]))
+            observed, filters, groups = x[:, c0:c1], self.filters[c0:c1], self.groups * (c1 - c0) // x.shape[1]
+        if recomputed and implementation in ("recompute", "channels_last"):
+            output = plain_update(observed, source, F.relu(filters), groups, self.eps, self.iterations, layout)
+        else:  # every operand is a ReLU output: the nonnegativity check would only cost a host sync per layer
+            output = nonnegative_deconvolution(observed, source, F.relu(filters), groups, self.eps, self.iterations,
+                                               implementation, check_nonnegative=False)
         return output.contiguous(memory_format=caller_layout)  # a no-op when the caller is channels-last
 
     def extra_repr(self) -> str:

@@ -36,7 +36,8 @@ import torch
 from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV_FN, CONV_TRANSPOSED_FN
 from nnunetv2_deconver.ops.precision import autocast_disabled
 
-__all__ = ["RecomputedNDC", "update_backward", "adjoint_filters", "memory_format_of"]
+__all__ = ["RecomputedNDC", "Operators", "differentiable_operators", "update_backward", "adjoint_filters",
+           "memory_format_of"]
 
 
 def memory_format_of(tensor: torch.Tensor) -> torch.memory_format:
@@ -67,7 +68,7 @@ def _filters_from_adjoint(adjoint: torch.Tensor, groups: int) -> torch.Tensor:
     return blocks.reshape(groups * c_per_group, e // groups, *kernel)
 
 
-class _Operators:
+class Operators:
     """``K``, ``A`` and the filter gradient for one filter, in one compute dtype and layout.
 
     In the channels-last layout ``A`` runs as a convolution with ``V^-`` (on the CPU that form is
@@ -141,6 +142,76 @@ class _Operators:
         return _filters_from_adjoint(total, self.groups) if self.flipped else total
 
 
+class _CheapFormStencil(torch.autograd.Function):
+    """``K(tensor)`` or ``A(tensor)`` in the channels-last layout's cheap forms, differentiable.
+
+    Autograd's own backward of these convolutions runs the CPU's slow grouped ``convolution_backward``
+    for the input gradient; here it is the adjoint operator's forward (``A`` for ``K``, ``K`` for ``A``),
+    and the filter gradient takes the ``V^-`` form, as in :func:`update_backward`.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor, filters, groups, layout, adjoint: bool):
+        ops = Operators(filters, groups, filters.dtype, layout)
+        ctx.save_for_backward(tensor, filters)
+        ctx.groups, ctx.layout, ctx.adjoint = groups, layout, adjoint
+        return ops.adjoint_of(tensor) if adjoint else ops.correlate(tensor)
+
+    @staticmethod
+    def backward(ctx, grad):
+        tensor, filters = ctx.saved_tensors
+        ops = Operators(filters, ctx.groups, filters.dtype, ctx.layout)
+        grad = grad.contiguous(memory_format=ctx.layout)
+        grad_tensor = grad_filters = None
+        if ctx.needs_input_grad[0]:
+            grad_tensor = ops.correlate(grad) if ctx.adjoint else ops.adjoint_of(grad)
+        if ctx.needs_input_grad[1]:
+            terms = ops.filter_grad_of_adjoint(tensor, grad) if ctx.adjoint else \
+                ops.filter_grad_of_correlation(tensor, grad)
+            grad_filters = ops.filter_grad(terms)
+        return grad_tensor, grad_filters, None, None, None
+
+
+class _UpdateStep(torch.autograd.Function):
+    """``S * (A(x) + eps) / (A(K(S)) + eps)`` from ``S``, ``A(x)`` and ``A(K(S))``, with the elementwise backward
+    of the module docstring (``u = g S / D``, ``dL/dS = g q``, ``dL/dN = u``, ``dL/dD = -u q``) in three
+    buffers, where autograd's ``mul``/``div``/``add`` chain allocates about twice as many on the CPU."""
+
+    @staticmethod
+    def forward(ctx, source, adjoint_x, adjoint_reconstruction, eps: float):
+        numerator, denominator = adjoint_x + eps, adjoint_reconstruction + eps
+        ctx.save_for_backward(source, numerator, denominator)
+        return (source * numerator).div_(denominator)
+
+    @staticmethod
+    def backward(ctx, grad):
+        source, numerator, denominator = ctx.saved_tensors
+        scaled = (grad * source).div_(denominator)  # u
+        grad_source = (grad * numerator).div_(denominator)  # g q
+        grad_denominator = (scaled * numerator).div_(denominator).neg_()  # -u q
+        return grad_source, scaled, grad_denominator, None
+
+
+def update_step(source: torch.Tensor, adjoint_x: torch.Tensor, adjoint_reconstruction: torch.Tensor,
+                eps: float) -> torch.Tensor:
+    """One update, differentiable: :class:`_UpdateStep` (the naive composition where twice differentiable
+    results are needed: in a graph being built for higher derivatives)."""
+    return _UpdateStep.apply(source, adjoint_x, adjoint_reconstruction, eps)
+
+
+def differentiable_operators(filters: torch.Tensor, groups: int, dtype: torch.dtype,
+                             layout: Optional[torch.memory_format]) -> Tuple[Callable, Callable]:
+    """``(K, A)`` for ``filters`` in ``dtype`` and ``layout``, as functions autograd differentiates: the
+    plain ``conv``/``conv_transpose`` in the operands' layout (``None``: the naive composition, twice
+    differentiable), the cheap forms with their cheap backward (:class:`_CheapFormStencil`) channels-last."""
+    if layout is None:
+        ops = Operators(filters, groups, dtype, None)
+        return ops.correlate, ops.adjoint_of
+    filters = filters.to(dtype)
+    return (lambda s: _CheapFormStencil.apply(s, filters, groups, layout, False),
+            lambda x: _CheapFormStencil.apply(x, filters, groups, layout, True))
+
+
 class RecomputedNDC(torch.autograd.Function):
     """``S^(iterations)`` from ``(x, source, filters)``; see the module docstring for what is saved.
 
@@ -157,7 +228,7 @@ class RecomputedNDC(torch.autograd.Function):
         # fp16 cannot hold eps and overflows in the ratio: the update always runs in (at least) fp32.
         dtype = torch.promote_types(torch.promote_types(x.dtype, source.dtype), torch.float32)
         with autocast_disabled(x.device.type):
-            ops = _Operators(filters, groups, dtype, layout)
+            ops = Operators(filters, groups, dtype, layout)
             numerator = ops.adjoint_of(ops.prepare(x)[0]).add_(eps)
             current, owned = ops.prepare(source)
             first_reconstruction = None
@@ -188,7 +259,7 @@ class RecomputedNDC(torch.autograd.Function):
         x, source, filters, first_reconstruction = ctx.saved_tensors
         need_x, need_source, need_filters = ctx.needs_input_grad[:3]
         with autocast_disabled(x.device.type):
-            ops = _Operators(filters, ctx.groups, ctx.dtype, ctx.layout)
+            ops = Operators(filters, ctx.groups, ctx.dtype, ctx.layout)
             grad_x, grad_source, grad_filters = update_backward(
                 ops, ops.prepare(x)[0], ops.prepare(source)[0], first_reconstruction, ops.prepare(grad_output)[0],
                 ctx.eps, ctx.iterations, need_x, need_source, need_filters)
@@ -201,7 +272,7 @@ class RecomputedNDC(torch.autograd.Function):
         return grad_x, grad_source, grad_filters, None, None, None, None
 
 
-def update_backward(ops: _Operators, observed: torch.Tensor, source: torch.Tensor,
+def update_backward(ops: Operators, observed: torch.Tensor, source: torch.Tensor,
                     first_reconstruction: Optional[torch.Tensor], grad: torch.Tensor, eps: float, iterations: int,
                     need_x: bool = True, need_source: bool = True, need_filters: bool = True,
                     on_output: Optional[Callable[[torch.Tensor], None]] = None):

@@ -1,4 +1,4 @@
-"""The Deconver block's recomputing functions against the naive composition: values, gradients, saved bytes."""
+"""The Deconver block's recomputation regions against the naive composition: values, gradients, saved bytes."""
 import math
 
 import pytest
@@ -6,7 +6,6 @@ import torch
 
 from nnunetv2_deconver.network import Deconver
 from nnunetv2_deconver.network import block_recompute
-from nnunetv2_deconver.network.block_recompute import PreNormMixer, PreNormMlp
 from nnunetv2_deconver.network.blocks import DeconverBlock
 from nnunetv2_deconver.network.costs import saved_tensor_bytes
 from nnunetv2_deconver.ops.ndc_dispatch import force_implementation, select_implementation
@@ -28,12 +27,12 @@ def _block_and_input(shape, kernel, groups, iterations, seed=0):
     return block, torch.rand(*shape, dtype=torch.float64, requires_grad=True)
 
 
-def _run(block, x, grad, recompute):
-    block.recompute = recompute
+def _run(block, x, grad, memory):
+    block.memory = memory
     x.grad = None
     for p in block.parameters():
         p.grad = None
-    if recompute:
+    if memory != "plain":
         out = block(x)
     else:
         with force_implementation("naive"):
@@ -42,46 +41,50 @@ def _run(block, x, grad, recompute):
     return [out.detach(), x.grad.clone()] + [p.grad.clone() for p in block.parameters()]
 
 
-# one chunk; one NDC group (MLP hidden channel) a chunk; several
-@pytest.mark.parametrize("channel_chunk_bytes", [None, 1, 2000])
-@pytest.mark.parametrize("chunk_bytes", [None, 1])  # default, and one sample at a time
+# the whole batch a region; one sample and one NDC group (MLP hidden channel) a region; one sample and several
+@pytest.mark.parametrize("region_bytes", [None, 1, 2000])
+@pytest.mark.parametrize("memory", ["regions", "block"])
 @pytest.mark.parametrize("shape,kernel,groups,iterations", CASES)
-def test_recomputing_block_gives_the_naive_values_and_gradients(shape, kernel, groups, iterations, chunk_bytes,
-                                                                channel_chunk_bytes, monkeypatch):
-    if chunk_bytes is not None:
-        monkeypatch.setattr(block_recompute, "CHUNK_BYTES", chunk_bytes)
-    if channel_chunk_bytes is not None:
-        monkeypatch.setattr(block_recompute, "CHANNEL_CHUNK_BYTES", channel_chunk_bytes)
+def test_recomputing_block_gives_the_naive_values_and_gradients(shape, kernel, groups, iterations, memory,
+                                                                region_bytes, monkeypatch):
+    if region_bytes is not None:
+        monkeypatch.setitem(block_recompute.REGION_BYTES, "cpu", region_bytes)
     block, x = _block_and_input(shape, kernel, groups, iterations)
     grad = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    expected = _run(block, x, grad, recompute=False)
-    got = _run(block, x, grad, recompute=True)
+    expected = _run(block, x, grad, memory="plain")
+    got = _run(block, x, grad, memory=memory)
     names = ["output", "x"] + [name for name, _ in block.named_parameters()]
     for name, g, e in zip(names, got, expected):
         assert g.abs().max() > 0 or e.abs().max() == 0, name
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12, msg=name)
 
 
-@pytest.mark.parametrize("shape,kernel", [((1, 4, 5, 4), (3, 3)), ((1, 2, 3, 4, 3), (3, 3, 3))])
-def test_recomputing_functions_pass_gradcheck(shape, kernel):
+@pytest.mark.parametrize("region_bytes", [None, 1])
+@pytest.mark.parametrize("shape,kernel", [((2, 4, 5, 4), (3, 3)), ((1, 2, 3, 4, 3), (3, 3, 3))])
+def test_recomputing_block_passes_gradcheck(shape, kernel, region_bytes, monkeypatch):
+    if region_bytes is not None:
+        monkeypatch.setitem(block_recompute.REGION_BYTES, "cpu", region_bytes)
     block, x = _block_and_input(shape, kernel, None, 1)
-
-    def mixer(x, *parameters):
-        return PreNormMixer.apply(x, block.norm1, block.mixer, *parameters)
-
-    def mlp(x, *parameters):
-        return PreNormMlp.apply(x, block.norm2, block.mlp, *parameters)
-
-    # the functions read the modules' parameters in backward: gradcheck's perturbations go to the same tensors
-    assert torch.autograd.gradcheck(mixer, (x, *PreNormMixer.inputs_of(block.mixer)))
-    assert torch.autograd.gradcheck(mlp, (x, *PreNormMlp.inputs_of(block.mlp)))
+    assert torch.autograd.gradcheck(lambda x, *parameters: block(x), (x, *block.parameters()))
 
 
-def test_recomputing_block_refuses_double_backward():
-    block, x = _block_and_input((1, 4, 5, 4), (3, 3), None, 1)
-    out = block(x).sum()
-    with pytest.raises(RuntimeError, match="double backward"):
-        torch.autograd.grad(out, x, create_graph=True)
+@pytest.mark.parametrize("budget,expected", [(1, 16), (4 * 30 * 4 * 2, 8), (4 * 30 * 4 * 4, 4),
+                                             (8 * 4 * 30 * 4, 2), (2 * 8 * 4 * 30 * 4, 1)])
+def test_regions_hold_whole_samples_or_whole_ndc_groups_within_the_budget(budget, expected):
+    """C = 8, G = 8 (R = 4), 2 samples of 30 voxels: a group's source map of one sample is 4 * 30 fp32 values,
+    a sample's 8 groups 8 times that; chunks round down to multiples of 16 sources where they hold 16."""
+    block = DeconverBlock(8, (3, 3))
+    x = torch.zeros(2, 8, 5, 6)
+    found = block_recompute.regions(x, 8, 4, block.mixer.chunk_of, budget)
+    assert len(found) == expected
+    for s0, s1, chunk in found:
+        if chunk is not None:
+            c0, c1, e0, e1 = chunk
+            assert s1 - s0 == 1 and e1 - e0 == 4 * (c1 - c0) and 4 * 30 * 4 * (c1 - c0) <= max(budget, 4 * 30 * 4)
+    covered = {(s, c) for s0, s1, chunk in found for s in range(s0, s1)
+               for c in (range(chunk[0], chunk[1]) if chunk else range(8))}
+    assert covered == {(s, c) for s in range(2) for c in range(8)}  # every sample and channel exactly once
+    assert sum((s1 - s0) * ((chunk[1] - chunk[0]) if chunk else 8) for s0, s1, chunk in found) == 16
 
 
 @pytest.mark.parametrize("shape,kernel", [((2, 8, 12, 10), (3, 3)), ((2, 8, 6, 5, 4), (3, 3, 3)),
@@ -91,7 +94,7 @@ def test_block_saves_its_input_and_its_midpoint_only(shape, kernel):
     x = torch.rand(shape, requires_grad=True)
     # x and z = x + mixer(norm1(x)), each (B, C, *spatial) in float32
     assert saved_tensor_bytes(lambda: block(x), exclude=block.parameters()) == 2 * 4 * math.prod(shape)
-    block.recompute = False  # plain autograd keeps the block's intermediates: many times more
+    block.memory = "plain"  # plain autograd keeps the block's intermediates: many times more
     assert saved_tensor_bytes(lambda: block(x), exclude=block.parameters()) > 8 * 2 * 4 * math.prod(shape)
 
 
@@ -128,31 +131,23 @@ def test_plain_path_is_kept_for_inference_and_the_forced_naive_update():
     with force_implementation("naive"):
         assert select_implementation(x) == "naive"
         out = block(x)
-    assert "PreNorm" not in type(out.grad_fn).__name__  # the naive composition, twice differentiable
-    torch.autograd.grad(out.sum(), x, create_graph=True)
+    torch.autograd.grad(out.sum(), x, create_graph=True)  # the regions too are twice differentiable there
 
 
-@pytest.mark.parametrize("recompute", [False, True])
-def test_single_sample_channels_last_block_gets_the_naive_input_gradient(recompute):
+@pytest.mark.parametrize("memory", ["plain", "regions", "block"])
+def test_single_sample_channels_last_block_gets_the_naive_input_gradient(memory):
     # InstanceNorm's CPU backward is wrong for one sample given a channels-last gradient; the block must
     # hand it the gradient in the norm output's own layout
     block, x = _block_and_input((1, 8, 12, 10), (3, 3), None, 1)
     assert select_implementation(x) == "channels_last"
     grad = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    expected = _run(block, x, grad, recompute=False)[1]
-    block.recompute = recompute
+    expected = _run(block, x, grad, memory="plain")[1]
+    block.memory = memory
     x.grad = None
     block(x).backward(grad)
     torch.testing.assert_close(x.grad, expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("channel_chunk_bytes,expected", [(1, 8), (2 * 4 * 60 * 4, 4), (10 ** 9, 1)])
-def test_channel_chunks_hold_whole_ndc_groups_within_the_budget(channel_chunk_bytes, expected, monkeypatch):
-    """C = 8, G = 8 (R = 4): a group's source map of 2 samples x 30 voxels is 4 * 60 fp32 values."""
-    monkeypatch.setattr(block_recompute, "CHANNEL_CHUNK_BYTES", channel_chunk_bytes)
-    block = DeconverBlock(8, (3, 3))
-    chunks = block_recompute._channel_chunks(block.mixer.ndc, torch.zeros(2, 8, 5, 6))
-    assert len(chunks) == expected
-    assert chunks[0][:1] == (0,) and chunks[-1][1::2] == (8, 32)
-    assert all(c1 - c0 == (c1 - c0) // 1 and e1 - e0 == 4 * (c1 - c0) for c0, c1, e0, e1 in chunks)
-    assert all(a[1] == b[0] and a[3] == b[2] for a, b in zip(chunks, chunks[1:]))
+def test_unknown_memory_mode_is_refused():
+    with pytest.raises(ValueError, match="memory must be one of"):
+        DeconverBlock(8, (3, 3), memory="recompute")

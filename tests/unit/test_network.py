@@ -130,7 +130,7 @@ def test_checkpointed_blocks_give_the_same_gradients():
     checkpointed.load_state_dict(plain.state_dict())  # same keys: checkpointing changes no parameter
     for block in plain.modules():  # plain autograd, the very operations checkpointing reruns
         if isinstance(block, DeconverBlock):
-            block.recompute = False
+            block.memory = "plain"
     x = torch.rand(2, 1, 16, 16, 16)
     for net in (plain, checkpointed):
         sum((o * torch.linspace(0, 1, o.shape[-1])).sum() for o in net(x)).backward()
@@ -155,5 +155,5 @@ def test_checkpointed_blocks_keep_only_their_inputs():
     plain = Deconver(input_channels=1, num_classes=2, deep_supervision=True, **ISOTROPIC)
     for block in plain.modules():
         if isinstance(block, DeconverBlock):
-            block.recompute = False
+            block.memory = "plain"
     assert _saved_bytes(lambda: plain(x)) > 5 * _saved_bytes(lambda: checkpointed(x))
