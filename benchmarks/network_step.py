@@ -63,9 +63,10 @@ def build(name: str, arch: dict, deep_supervision: bool) -> torch.nn.Module:
 
 
 class Trainer:
-    """One nnU-Net-style training step for one network."""
+    """One nnU-Net-style training step for one network (``input_channels`` and ``num_classes``: the data's)."""
 
-    def __init__(self, network, device, patch, batch, compile_network):
+    def __init__(self, network, device, patch, batch, compile_network, input_channels=INPUT_CHANNELS,
+                 num_classes=NUM_CLASSES):
         self.network = network.to(device).train()
         self.model = torch.compile(self.network) if compile_network else self.network
         self.optimizer = torch.optim.SGD(network.parameters(), lr=1e-2, momentum=0.99, nesterov=True,
@@ -73,8 +74,8 @@ class Trainer:
         self.amp = device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         generator = torch.Generator().manual_seed(0)
-        self.data = torch.randn(batch, INPUT_CHANNELS, *patch, generator=generator).to(device)
-        self.target = torch.randint(0, NUM_CLASSES, (batch, 1, *patch), generator=generator).float().to(device)
+        self.data = torch.randn(batch, input_channels, *patch, generator=generator).to(device)
+        self.target = torch.randint(0, num_classes, (batch, 1, *patch), generator=generator).float().to(device)
         self.targets = None
         self.device = device
 

@@ -11,7 +11,7 @@ import os
 import torch
 
 __all__ = ["PeakGPUMemoryLog", "PEAK_MEMORY_LOG_PREFIX", "WithoutTestTimeMirroring", "SmokeRun", "DemoRun",
-           "EPOCHS_VARIABLE", "ITERATIONS_VARIABLE",
+           "GradScalerSkipLog", "SKIPPED_STEPS_LOG_PREFIX", "TimedRun", "EPOCHS_VARIABLE", "ITERATIONS_VARIABLE",
            "DEFAULT_EPOCHS", "DEFAULT_ITERATIONS"]
 
 EPOCHS_VARIABLE = "NNUNETV2_DECONVER_DEMO_EPOCHS"
@@ -19,6 +19,7 @@ ITERATIONS_VARIABLE = "NNUNETV2_DECONVER_DEMO_ITERATIONS"
 DEFAULT_EPOCHS = 10
 DEFAULT_ITERATIONS = 20
 PEAK_MEMORY_LOG_PREFIX = "Peak GPU memory:"  # nnUNetv2_deconver_compare reads these lines
+SKIPPED_STEPS_LOG_PREFIX = "GradScaler skipped steps:"  # benchmarks/gpu_suite.py reads these lines
 
 
 class PeakGPUMemoryLog:
@@ -79,3 +80,37 @@ class DemoRun(WithoutTestTimeMirroring):
         self.num_iterations_per_epoch = int(os.environ.get(ITERATIONS_VARIABLE, DEFAULT_ITERATIONS))
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
         self.save_every = 1
+
+
+class GradScalerSkipLog:
+    """Log how many of the epoch's optimiser steps the GradScaler skipped, ``GradScaler skipped steps: N of
+    M (scale S)``: a step is skipped when its fp16 gradients held an inf or NaN, which the scaler answers by
+    lowering its scale. Nothing is logged without a scaler (CPU training)."""
+
+    def on_epoch_start(self):
+        self.skipped_steps, self.scaled_steps = 0, 0
+        super().on_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        scaler = self.grad_scaler
+        if scaler is None or not scaler.is_enabled():
+            return super().train_step(batch)
+        before = scaler.get_scale()
+        result = super().train_step(batch)
+        self.scaled_steps += 1
+        self.skipped_steps += scaler.get_scale() < before
+        return result
+
+    def on_epoch_end(self):
+        if self.grad_scaler is not None and self.grad_scaler.is_enabled():
+            self.print_to_log_file(f"{SKIPPED_STEPS_LOG_PREFIX} {self.skipped_steps} of {self.scaled_steps} "
+                                   f"(scale {self.grad_scaler.get_scale():g})")
+        super().on_epoch_end()
+
+
+class TimedRun(GradScalerSkipLog, DemoRun):
+    """The demo's budget (``DemoRun``: epochs and iterations from the environment) with the GradScaler's
+    skipped steps in the log and no final validation: a short run that measures training only."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("Final validation skipped (TimedRun measures training only)")
