@@ -77,7 +77,7 @@ class nnUNetTrainerDeconver(PeakGPUMemoryLog, nnUNetTrainer):
         # a classmethod rather than nnU-Net's staticmethod so that subclasses reach their own hooks;
         # nnU-Net calls it the same way on the class (inference) and on the instance (training)
         if not enable_deep_supervision:
-            check_prediction_inputs(num_input_channels)  # acts only inside nnUNetv2_predict
+            check_prediction_inputs()  # acts only inside nnUNetv2_predict(_from_modelfolder)
         return cls.network_class(input_channels=num_input_channels, num_classes=num_output_channels,
                                  deep_supervision=enable_deep_supervision,
                                  **cls.network_kwargs(plans_manager, configuration_manager))
