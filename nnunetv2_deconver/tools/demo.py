@@ -27,7 +27,7 @@ from nnunetv2_deconver.nnunet.trainer_discovery import trainers_folder
 from nnunetv2_deconver.nnunet.trainer_mixins import (DEFAULT_EPOCHS, DEFAULT_ITERATIONS, EPOCHS_VARIABLE,
                                            ITERATIONS_VARIABLE)
 
-__all__ = ["run_demo", "add_arguments", "DATASET_ID", "DATASET_NAME", "TRAINERS"]
+__all__ = ["run_demo", "check_output", "DemoOutputError", "add_arguments", "DATASET_ID", "DATASET_NAME", "TRAINERS"]
 
 DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID}_DeconverDemo"
@@ -38,6 +38,34 @@ PLANS = "nnUNetPlans"
 
 class DemoError(Exception):
     pass
+
+
+class DemoOutputError(ValueError):
+    """``--output`` is not the demo's to write into; nothing has been written."""
+
+
+STATE_FILE = "demo_state.json"
+
+
+def check_output(output: str) -> None:
+    """Raise DemoOutputError (one line) unless ``output`` is the demo's: missing, an empty folder, or a folder
+    an earlier demo made (it holds ``demo_state.json``) with no other dataset of the demo's id in it. The demo
+    deletes and rewrites what it made there (``predictions/``, ``report/``, its dataset), never a user's files."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise DemoOutputError(f"--output {output} is a file; give a new or empty folder")
+    if not os.path.isdir(output) or not os.listdir(output):
+        return
+    if not os.path.isfile(os.path.join(output, STATE_FILE)):
+        raise DemoOutputError(f"--output {output} holds files and no {STATE_FILE}, so it is not a demo's folder and "
+                              f"the demo would replace files in it; give a new or empty folder")
+    prefix = f"Dataset{DATASET_ID:03d}_"
+    for base in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        folder = os.path.join(output, base)
+        others = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                        if n.startswith(prefix) and n != DATASET_NAME)
+        if others:
+            raise DemoOutputError(f"{folder} holds {others[0]}, a second dataset with the demo's id {DATASET_ID} "
+                                  f"that nnU-Net cannot tell from {DATASET_NAME}; move it out or give another --output")
 
 
 class _Clock:
@@ -100,12 +128,14 @@ def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, it
     """Run (or resume) the demo under ``output``; returns the comparison summary."""
     clock = _Clock()
     output = os.path.abspath(output)
+    check_output(output)
     os.makedirs(output, exist_ok=True)
     device = _device(device)
     env = _environment(output, epochs, iterations)
     logs = os.path.join(output, "logs")
-    state_path = os.path.join(output, "demo_state.json")
+    state_path = os.path.join(output, STATE_FILE)
     state = load_json(state_path) or {}
+    write_json_atomic(state, state_path)  # first: this folder is the demo's from now on, also if step 1 is cut
     data_spec = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed}
     budget = {"epochs": epochs, "iterations": iterations}
     clock.say(f"output {output}, device {device}, budget {epochs} epochs x {iterations} iterations, "
@@ -199,8 +229,8 @@ def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, it
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="deconver_demo",
-                        help="folder for the dataset, nnU-Net's folders, logs and the report (default: %(default)s); "
-                             "re-running with the same folder resumes")
+                        help="folder for the dataset, nnU-Net's folders, logs and the report (default: %(default)s): "
+                             "new or empty, or an earlier demo's, which re-running resumes")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="auto: cuda when available, else cpu")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
@@ -222,6 +252,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_demo(args.output, args.device, args.epochs, args.iterations, args.cases - n_test, n_test,
                            args.size)
+    except DemoOutputError as error:  # nothing was written: no resuming to advise
+        print(f"nnunetv2_deconver demo: error: {error}", file=sys.stderr)
+        return 2
     except Exception as error:  # a failed step: one message with the log's tail, no traceback
         print(f"nnunetv2_deconver demo: error: {error}", file=sys.stderr)
         print("re-run the same command to resume from the last finished step", file=sys.stderr)
