@@ -106,8 +106,8 @@ def compare(dataset: Optional[str], configuration: str, output: str,
             warnings.simplefilter("ignore", FutureWarning)  # deprecation notes of torch.jit from nnU-Net's imports
             run.cost = measure_run_cost(run, configuration, timing_device)
 
-    fold_of = fold_of_cases(runs[0], folds)
-    rows = [{"run": run.name, "trainer": run.trainer, "plans": run.plans, "fold": fold_of.get(case, ""),
+    fold_of = {run.name: fold_of_cases(run, folds) for run in runs}  # the fold whose prediction was scored
+    rows = [{"run": run.name, "trainer": run.trainer, "plans": run.plans, "fold": fold_of[run.name].get(case, ""),
              "case": case, "class": names[key], "label_or_region": str(key),
              "dice": per_run_case[run.name][case][key][0], "hd95_mm": per_run_case[run.name][case][key][1]}
             for run in runs for case in usable for key in keys]
