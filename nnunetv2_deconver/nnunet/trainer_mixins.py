@@ -10,9 +10,8 @@ import os
 
 import torch
 
-__all__ = ["AtomicCheckpoints", "PeakGPUMemoryLog", "PEAK_MEMORY_LOG_PREFIX", "WithoutTestTimeMirroring", "SmokeRun", "DemoRun",
-           "EPOCHS_VARIABLE", "ITERATIONS_VARIABLE",
-           "DEFAULT_EPOCHS", "DEFAULT_ITERATIONS"]
+__all__ = ["AtomicCheckpoints", "PeakGPUMemoryLog", "PEAK_MEMORY_LOG_PREFIX", "WithoutTestTimeMirroring", "SmokeRun",
+           "DemoRun", "EPOCHS_VARIABLE", "ITERATIONS_VARIABLE", "DEFAULT_EPOCHS", "DEFAULT_ITERATIONS"]
 
 EPOCHS_VARIABLE = "NNUNETV2_DECONVER_DEMO_EPOCHS"
 ITERATIONS_VARIABLE = "NNUNETV2_DECONVER_DEMO_ITERATIONS"
