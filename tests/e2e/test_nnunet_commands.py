@@ -1,6 +1,7 @@
 """nnU-Net's commands after training, with Deconver trainers, as a user runs them: choosing the best
 configuration and ensembling, postprocessing, sharing a model as a zip, predicting from a model folder,
-``-f all``, ``-chk checkpoint_best.pth``, ``--save_probabilities``, and the cascade with Deconver plans.
+``-f all``, ``-chk checkpoint_best.pth``, ``--save_probabilities``, the cascade with Deconver plans, and a
+regular (non-editable) install.
 
 One tiny dataset (5 cases of 48^3) is planned once with a small GPU memory target, so that nnU-Net's own
 planner makes a ``3d_lowres`` and a ``3d_cascade_fullres`` as it does for large images; every model is
@@ -10,13 +11,15 @@ Deconver models, not segmentation quality.
 """
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from helpers.datasets import make_dataset
-from helpers.processes import nnunet_environment, run
+from helpers.processes import REPO, nnunet_environment, run
 
 DATASET, NAME = 205, "Dataset205_Commands"
 DECONVER, STOCK = "nnUNetTrainerDeconver_smoke", "nnUNetTrainer_smoke"
@@ -175,3 +178,22 @@ def test_cascade_with_deconver_plans_lowres_then_cascade_fullres(env, tmp_path):
     # image is a file of -i (the channel check refused this before)
     _predict(env, str(tmp_path / "cascade"), "3d_cascade_fullres", DECONVER, 0, *deconver_plans,
              "-prev_stage_predictions", out_lowres)
+
+
+def test_a_regular_install_trains_and_predicts(env, tmp_path):
+    """The package installed as files (not editable) into a folder of its own, found through
+    ``eval "$(nnunetv2_deconver env)"``: training and prediction run the installed trainers."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                    str(target), REPO], check=True, capture_output=True, cwd=tmp_path)
+    installed = dict(env, PYTHONPATH=str(target))
+    export = subprocess.run([sys.executable, "-c", "from nnunetv2_deconver.tools.cli import main; main(['env'])"],
+                            env=installed, check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+    name, value = export.splitlines()[0].removeprefix("export ").split("=", 1)
+    assert name == "nnUNet_extTrainer" and value.startswith(str(target))
+    installed[name] = value
+    run(["nnUNetv2_train", DATASET, "3d_fullres", 1, "-tr", DECONVER, "-device", "cpu"], installed)
+    _predict(env, str(tmp_path / "pred"), "3d_fullres", DECONVER, 1, run_env=installed)
+    where = subprocess.run([sys.executable, "-c", "import nnunetv2_deconver.trainers as t; print(t.__file__)"],
+                           env=installed, check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+    assert where.startswith(str(target)), where  # the installed files, not the checkout
