@@ -12,11 +12,11 @@ from nnunetv2_deconver.nnunet.checks import TrainingDivergedError, check_predict
 from nnunetv2_deconver.nnunet.plans import (check_deconver_kwargs, check_patch_divisible, configuration_name_of,
                                             deconver_kwargs_from_configuration, plans_file_of, replace_kernel)
 from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
-from nnunetv2_deconver.nnunet.trainer_mixins import PeakGPUMemoryLog
+from nnunetv2_deconver.nnunet.trainer_mixins import AtomicCheckpoints, PeakGPUMemoryLog
 from nnunetv2_deconver.nnunet.allocator import keep_freed_memory_for_reuse
 
 
-class nnUNetTrainerDeconver(PeakGPUMemoryLog, nnUNetTrainer):
+class nnUNetTrainerDeconver(AtomicCheckpoints, PeakGPUMemoryLog, nnUNetTrainer):
     """nnU-Net's trainer with Deconver as the network.
 
     With a U-Net plan (e.g. the stock ``nnUNetPlans``) Deconver takes that plan's stages, widths,
@@ -34,7 +34,8 @@ class nnUNetTrainerDeconver(PeakGPUMemoryLog, nnUNetTrainer):
     (``TrainingDivergedError``; stock nnU-Net trains on and saves NaN weights); and under
     ``nnUNetv2_predict`` the input folder's channel files (``check_prediction_inputs``). On a GPU each
     epoch's peak memory goes to the training log (``PeakGPUMemoryLog``), as ``nnUNetTrainerWithMemoryLog``
-    does for stock nnU-Net, for ``nnunetv2_deconver compare``.
+    does for stock nnU-Net, for ``nnunetv2_deconver compare``. Checkpoints are written to a temporary file
+    and renamed (``AtomicCheckpoints``): a failed write never truncates a good ``checkpoint_best.pth``.
     """
     network_class = Deconver
     # None: the plan's kernel sizes; an int replaces every NDC kernel axis > 1 (the stem keeps the plan's)
@@ -77,7 +78,7 @@ class nnUNetTrainerDeconver(PeakGPUMemoryLog, nnUNetTrainer):
         # a classmethod rather than nnU-Net's staticmethod so that subclasses reach their own hooks;
         # nnU-Net calls it the same way on the class (inference) and on the instance (training)
         if not enable_deep_supervision:
-            check_prediction_inputs(num_input_channels)  # acts only inside nnUNetv2_predict
+            check_prediction_inputs()  # acts only inside nnUNetv2_predict(_from_modelfolder)
         return cls.network_class(input_channels=num_input_channels, num_classes=num_output_channels,
                                  deep_supervision=enable_deep_supervision,
                                  **cls.network_kwargs(plans_manager, configuration_manager))

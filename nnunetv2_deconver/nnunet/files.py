@@ -1,10 +1,15 @@
 """Reading and writing the JSON files nnU-Net keeps (plans, dataset.json, summaries)."""
+import contextlib
 import json
 import os
 import tempfile
 from typing import Optional
 
-__all__ = ["load_json", "write_json_atomic"]
+__all__ = ["load_json", "write_json_atomic", "FileBusyError", "exclusive"]
+
+
+class FileBusyError(RuntimeError):
+    """Another process is writing the same file."""
 
 
 def load_json(path: str) -> Optional[dict]:
@@ -36,3 +41,31 @@ def write_json_atomic(obj, path: str, mode: int = 0o644) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def exclusive(path: str):
+    """Hold an exclusive lock on ``path`` (a file about to be written) for the ``with`` block: the lock is
+    ``.NAME.lock`` beside it, taken with ``flock`` (released by the kernel when the holder dies, so a killed
+    run leaves no stale lock); a second holder gets FileBusyError at once instead of waiting. Where
+    ``fcntl`` does not exist (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder, name = os.path.split(os.path.abspath(path))
+    lock_path = os.path.join(folder, f".{name}.lock")
+    handle = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FileBusyError(f"another process is writing {path} right now; wait for it to finish, "
+                                f"then run again") from None
+        try:
+            yield
+        finally:
+            os.remove(lock_path)  # before the release: a later writer locks a new file, after this one's write
+    finally:
+        os.close(handle)

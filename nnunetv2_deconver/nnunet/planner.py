@@ -19,7 +19,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from nnunetv2_deconver.nnunet.files import load_json, write_json_atomic
+from nnunetv2_deconver.nnunet.files import FileBusyError, exclusive, load_json, write_json_atomic
 from nnunetv2_deconver.nnunet.plans import (DEFAULT_FRAGMENTS, PlanError, check_deconver_kwargs, fill_fragment,
                                             load_fragment)
 from nnunetv2_deconver.network.deconver import stride_divisor
@@ -122,7 +122,6 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
     ``.json`` file); return its path. Everything is checked before the file is written, at once."""
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunetv2_deconver import __version__
     check_options(gpu_memory_gb, base_channels)
     fragment_json, fragment_file = load_fragment(fragment)
@@ -136,6 +135,22 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
     folder = os.path.join(nnUNet_preprocessed.get(), name)
     target = os.path.join(folder, plans_name + ".json")
     check_plans_name(plans_name, source_plans, target, force)
+    if not os.path.isdir(folder):
+        raise PlanError(f"{folder} not found; run nnUNetv2_plan_and_preprocess -d {dataset} -c "
+                        f"{' '.join(configurations)} first")
+    try:
+        with exclusive(target):  # two planners on one plans name: the second stops instead of both "writing"
+            check_plans_name(plans_name, source_plans, target, force)  # again: the file may be new now
+            return _plan_into(target, dataset, name, folder, configurations, gpu_memory_gb, base_channels,
+                              fragment_json, fragment_file, source_plans, plans_name, __version__)
+    except FileBusyError as error:
+        raise PlanError(f"{error} (two nnUNetv2_deconver_plan runs on one -overwrite_plans_name)") from None
+
+
+def _plan_into(target: str, dataset: str, name: str, folder: str, configurations: List[str], gpu_memory_gb: float,
+               base_channels: int, fragment_json: dict, fragment_file: str, source_plans: str, plans_name: str,
+               version: str) -> str:
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     source_file = os.path.join(folder, source_plans + ".json")
     plan_first = f"run nnUNetv2_plan_and_preprocess -d {dataset} -c {' '.join(configurations)} first"
     plans = _load_json(source_file, "the stock plans this command starts from", plan_first)
@@ -143,8 +158,13 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
     unsupported = [c for c in configurations if c not in SUPPORTED]
     if unsupported:
         raise PlanError(f"configuration(s) {unsupported} not supported: Deconver plans are made for {SUPPORTED} "
-                        f"(a cascade reuses 3d_lowres and 3d_fullres; train those two instead)")
+                        f"({CASCADE} comes with -c 3d_lowres 3d_fullres)")
     missing = [c for c in configurations if c not in plans.get("configurations", {})]
+    slices = (plans.get("original_median_shape_after_transp") or [None])[0]
+    if missing and slices == 1 and all(c.startswith("3d") for c in missing):
+        raise PlanError(f"{source_file} has no configuration {missing}: the images are single slices (median shape "
+                        f"{plans['original_median_shape_after_transp']}), for which nnU-Net plans only 2d; "
+                        f"use -c 2d")
     if missing:
         raise PlanError(f"{source_file} has no configuration {missing} (it has "
                         f"{sorted(plans.get('configurations', {}))}); {plan_first}")
@@ -153,7 +173,7 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
     input_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
     out = copy.deepcopy(plans)
     out["plans_name"] = plans_name
-    out[MARKER] = {"version": __version__, "source_plans": source_plans, "fragment": fragment_file,
+    out[MARKER] = {"version": version, "source_plans": source_plans, "fragment": fragment_file,
                    "base_channels": base_channels, "gpu_memory_target": gpu_memory_gb}
     out["configurations"] = {}
     for c in configurations:
@@ -176,8 +196,31 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
               f"{configuration['batch_size']} (stock {stock['batch_size']}), widths "
               f"{configuration['architecture']['arch_kwargs']['features_per_stage']}; {reuse} {data} "
               f"(spacing unchanged)", file=sys.stderr)
+    _link_cascade(out["configurations"], plans.get("configurations", {}), name)
     write_json_atomic(out, target)
     return target
+
+
+CASCADE = "3d_cascade_fullres"
+
+
+def _link_cascade(configurations: dict, stock_configurations: dict, dataset_name: str) -> None:
+    """Keep nnU-Net's cascade consistent: with ``3d_lowres`` and ``3d_fullres`` planned, the stock plans'
+    ``3d_cascade_fullres`` (the Deconver ``3d_fullres`` fed the ``3d_lowres`` prediction); with ``3d_lowres``
+    alone, no ``next_stage`` (nnU-Net's final validation of ``3d_lowres`` would predict for a stage the
+    plans lack, and fail after training)."""
+    lowres = configurations.get("3d_lowres")
+    if lowres is None or not lowres.get("next_stage"):
+        return
+    cascade = stock_configurations.get(CASCADE)
+    if "3d_fullres" in configurations and isinstance(cascade, dict) and \
+            cascade.get("inherits_from") == "3d_fullres" and cascade.get("previous_stage") == "3d_lowres":
+        configurations[CASCADE] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+        lowres["next_stage"] = CASCADE
+        print(f"{dataset_name} {CASCADE}: the Deconver 3d_fullres fed the 3d_lowres prediction", file=sys.stderr)
+        return
+    lowres.pop("next_stage")
+    print(f"{dataset_name} 3d_lowres: no {CASCADE} (plan -c 3d_lowres 3d_fullres for the cascade)", file=sys.stderr)
 
 
 def check_options(gpu_memory_gb, base_channels) -> None:
@@ -218,6 +261,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.kernel is not None and args.fragment is not None:
             raise PlanError("give -kernel or -fragment, not both (a fragment fixes the kernel)")
+        if args.fragment is not None and not args.fragment.strip():
+            raise PlanError("-fragment is empty: give a shipped fragment's name (deconver_k3, deconver_k5, "
+                            "deconver_dtc) or a .json file, or leave -fragment out for deconver_k3")
         fragment = args.fragment or DEFAULT_FRAGMENTS[args.kernel or 3]
         for dataset in args.d:
             path = plan_dataset(dataset, list(args.c), args.gpu_memory_target, args.base_channels, fragment,

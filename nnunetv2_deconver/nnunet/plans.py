@@ -173,12 +173,12 @@ def load_fragment(name_or_path: str) -> tuple:
     from nnunetv2_deconver.nnunet.files import load_json
     path = name_or_path if os.sep in name_or_path or name_or_path.endswith(".json") else \
         os.path.join(fragment_folder(), name_or_path + ".json")
+    if not os.path.isfile(path):
+        raise PlanError(f"plans fragment {name_or_path} not found: give a .json file or one of {shipped_fragments()}")
     try:
         fragment = load_json(path)
     except ValueError as error:
         raise PlanError(str(error)) from None
-    if fragment is None:
-        raise PlanError(f"plans fragment {name_or_path} not found: give a .json file or one of {shipped_fragments()}")
     check_fragment(fragment, path)
     return fragment, path
 

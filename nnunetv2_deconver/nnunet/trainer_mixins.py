@@ -1,5 +1,5 @@
-"""Mixins for any nnU-Net trainer: short training schedules for tests and the demo, and the peak GPU
-memory of every epoch in the training log.
+"""Mixins for any nnU-Net trainer: short training schedules for tests and the demo, checkpoints that a
+failed write cannot truncate, and the peak GPU memory of every epoch in the training log.
 
 A mixin goes first in the bases (``class X(SmokeRun, nnUNetTrainerDeconver)``). Its constructor has
 nnU-Net's exact signature, because nnU-Net records a trainer's init arguments from that signature.
@@ -10,9 +10,9 @@ import os
 
 import torch
 
-__all__ = ["PeakGPUMemoryLog", "PEAK_MEMORY_LOG_PREFIX", "WithoutTestTimeMirroring", "SmokeRun", "DemoRun",
-           "GradScalerSkipLog", "SKIPPED_STEPS_LOG_PREFIX", "TimedRun", "EPOCHS_VARIABLE", "ITERATIONS_VARIABLE",
-           "DEFAULT_EPOCHS", "DEFAULT_ITERATIONS"]
+__all__ = ["AtomicCheckpoints", "PeakGPUMemoryLog", "PEAK_MEMORY_LOG_PREFIX", "WithoutTestTimeMirroring", "SmokeRun",
+           "DemoRun", "GradScalerSkipLog", "SKIPPED_STEPS_LOG_PREFIX", "TimedRun", "EPOCHS_VARIABLE",
+           "ITERATIONS_VARIABLE", "DEFAULT_EPOCHS", "DEFAULT_ITERATIONS"]
 
 EPOCHS_VARIABLE = "NNUNETV2_DECONVER_DEMO_EPOCHS"
 ITERATIONS_VARIABLE = "NNUNETV2_DECONVER_DEMO_ITERATIONS"
@@ -20,6 +20,26 @@ DEFAULT_EPOCHS = 10
 DEFAULT_ITERATIONS = 20
 PEAK_MEMORY_LOG_PREFIX = "Peak GPU memory:"  # nnUNetv2_deconver_compare reads these lines
 SKIPPED_STEPS_LOG_PREFIX = "GradScaler skipped steps:"  # benchmarks/gpu_suite.py reads these lines
+
+
+class AtomicCheckpoints:
+    """Checkpoints written to a temporary file beside the target, then renamed over it.
+
+    nnU-Net's ``save_checkpoint`` writes ``checkpoint_best.pth`` in place: a write that fails half way
+    (a full disk, a quota, a kill) leaves a truncated file where a good checkpoint was. Here the good one
+    stays until the new one is complete; a failed write removes its temporary file and raises as before.
+    """
+
+    def save_checkpoint(self, filename: str) -> None:
+        folder, name = os.path.split(os.path.abspath(filename))
+        temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+        try:
+            super().save_checkpoint(temporary)
+            if os.path.isfile(temporary):  # nothing is written on other ranks or with checkpointing disabled
+                os.replace(temporary, filename)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
 
 class PeakGPUMemoryLog:

@@ -3,8 +3,8 @@
 Steps, each run through nnU-Net's own command-line tools in subprocesses and each skipped when a
 previous run of the demo in the same ``--output`` already finished it (so a re-run resumes):
 
-1. write a small synthetic 3D dataset (blurred, noisy blobs and thin tubes; :mod:`.synthetic`),
-2. ``nnUNetv2_plan_and_preprocess`` (3d_fullres),
+1. write a small synthetic 2D dataset (blurred, noisy blobs and thin tubes; :mod:`.synthetic`),
+2. ``nnUNetv2_plan_and_preprocess`` (2d: nnU-Net's configuration for single-slice images),
 3. ``nnUNetv2_train`` fold 0 with ``nnUNetTrainer_demo`` and ``nnUNetTrainerDeconver_demo``, the
    same budget for both (continued with ``--c`` from the last epoch's checkpoint if interrupted),
 4. ``nnUNetv2_predict`` on the held-out cases,
@@ -27,17 +27,45 @@ from nnunetv2_deconver.nnunet.trainer_discovery import trainers_folder
 from nnunetv2_deconver.nnunet.trainer_mixins import (DEFAULT_EPOCHS, DEFAULT_ITERATIONS, EPOCHS_VARIABLE,
                                            ITERATIONS_VARIABLE)
 
-__all__ = ["run_demo", "add_arguments", "DATASET_ID", "DATASET_NAME", "TRAINERS"]
+__all__ = ["run_demo", "check_output", "DemoOutputError", "add_arguments", "DATASET_ID", "DATASET_NAME", "TRAINERS"]
 
 DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID}_DeconverDemo"
-CONFIGURATION = "3d_fullres"
+CONFIGURATION = "2d"
 TRAINERS = ("nnUNetTrainer_demo", "nnUNetTrainerDeconver_demo")
 PLANS = "nnUNetPlans"
 
 
 class DemoError(Exception):
     pass
+
+
+class DemoOutputError(ValueError):
+    """``--output`` is not the demo's to write into; nothing has been written."""
+
+
+STATE_FILE = "demo_state.json"
+
+
+def check_output(output: str) -> None:
+    """Raise DemoOutputError (one line) unless ``output`` is the demo's: missing, an empty folder, or a folder
+    an earlier demo made (it holds ``demo_state.json``) with no other dataset of the demo's id in it. The demo
+    deletes and rewrites what it made there (``predictions/``, ``report/``, its dataset), never a user's files."""
+    if os.path.exists(output) and not os.path.isdir(output):
+        raise DemoOutputError(f"--output {output} is a file; give a new or empty folder")
+    if not os.path.isdir(output) or not os.listdir(output):
+        return
+    if not os.path.isfile(os.path.join(output, STATE_FILE)):
+        raise DemoOutputError(f"--output {output} holds files and no {STATE_FILE}, so it is not a demo's folder and "
+                              f"the demo would replace files in it; give a new or empty folder")
+    prefix = f"Dataset{DATASET_ID:03d}_"
+    for base in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        folder = os.path.join(output, base)
+        others = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else [])
+                        if n.startswith(prefix) and n != DATASET_NAME)
+        if others:
+            raise DemoOutputError(f"{folder} holds {others[0]}, a second dataset with the demo's id {DATASET_ID} "
+                                  f"that nnU-Net cannot tell from {DATASET_NAME}; move it out or give another --output")
 
 
 class _Clock:
@@ -96,20 +124,22 @@ def _device(requested: str) -> str:
 
 
 def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, iterations: int = DEFAULT_ITERATIONS,
-             n_train: int = 9, n_test: int = 3, size: int = 32, seed: int = 0) -> dict:
+             n_train: int = 9, n_test: int = 3, size: int = 128, seed: int = 0) -> dict:
     """Run (or resume) the demo under ``output``; returns the comparison summary."""
     clock = _Clock()
     output = os.path.abspath(output)
+    check_output(output)
     os.makedirs(output, exist_ok=True)
     device = _device(device)
     env = _environment(output, epochs, iterations)
     logs = os.path.join(output, "logs")
-    state_path = os.path.join(output, "demo_state.json")
+    state_path = os.path.join(output, STATE_FILE)
     state = load_json(state_path) or {}
-    data_spec = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed}
+    write_json_atomic(state, state_path)  # first: this folder is the demo's from now on, also if step 1 is cut
+    data_spec = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed, "dimension": 2}
     budget = {"epochs": epochs, "iterations": iterations}
     clock.say(f"output {output}, device {device}, budget {epochs} epochs x {iterations} iterations, "
-              f"{n_train} training and {n_test} held-out cases of {size}^3 voxels")
+              f"{n_train} training and {n_test} held-out 2D cases of {size}x{size} pixels")
 
     raw_dataset = os.path.join(env["nnUNet_raw"], DATASET_NAME)
     images_test, labels_test = os.path.join(raw_dataset, "imagesTs"), os.path.join(raw_dataset, "labelsTs")
@@ -121,7 +151,7 @@ def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, it
         shutil.rmtree(os.path.join(output, "predictions"), ignore_errors=True)
         state = {}
         from nnunetv2_deconver.tools.synthetic import write_dataset
-        write_dataset(env["nnUNet_raw"], DATASET_NAME, n_train, n_test, (size,) * 3, seed=seed)
+        write_dataset(env["nnUNet_raw"], DATASET_NAME, n_train, n_test, (size, size), seed=seed)
         state["data"] = data_spec
         write_json_atomic(state, state_path)
     else:
@@ -199,8 +229,8 @@ def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, it
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="deconver_demo",
-                        help="folder for the dataset, nnU-Net's folders, logs and the report (default: %(default)s); "
-                             "re-running with the same folder resumes")
+                        help="folder for the dataset, nnU-Net's folders, logs and the report (default: %(default)s): "
+                             "new or empty, or an earlier demo's, which re-running resumes")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="auto: cuda when available, else cpu")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
@@ -208,7 +238,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS,
                         help="training budget: iterations per epoch (default %(default)s)")
     parser.add_argument("--cases", type=int, default=12, help="synthetic cases, a quarter held out (default 12)")
-    parser.add_argument("--size", type=int, default=32, help="edge of each synthetic volume in voxels (default 32)")
+    parser.add_argument("--size", type=int, default=128, help="edge of each synthetic 2D image in pixels (default 128)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -216,12 +246,15 @@ def run(args: argparse.Namespace) -> int:
         print("nnunetv2_deconver demo: error: --epochs and --iterations must be at least 1", file=sys.stderr)
         return 2
     if args.cases < 8 or args.size < 16:
-        print("nnunetv2_deconver demo: error: use at least 8 cases of at least 16^3 voxels", file=sys.stderr)
+        print("nnunetv2_deconver demo: error: use at least 8 cases of at least 16x16 pixels", file=sys.stderr)
         return 2
     n_test = max(2, args.cases // 4)
     try:
         summary = run_demo(args.output, args.device, args.epochs, args.iterations, args.cases - n_test, n_test,
                            args.size)
+    except DemoOutputError as error:  # nothing was written: no resuming to advise
+        print(f"nnunetv2_deconver demo: error: {error}", file=sys.stderr)
+        return 2
     except Exception as error:  # a failed step: one message with the log's tail, no traceback
         print(f"nnunetv2_deconver demo: error: {error}", file=sys.stderr)
         print("re-run the same command to resume from the last finished step", file=sys.stderr)

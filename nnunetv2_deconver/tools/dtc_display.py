@@ -17,7 +17,8 @@ import torch
 
 from nnunetv2_deconver.nnunet.trainer_discovery import make_trainers_findable
 
-__all__ = ["DisplacementError", "last_dtc_layer", "sample_displacement", "save_displacement_figure"]
+__all__ = ["DisplacementError", "last_dtc_layer", "sample_displacement", "save_displacement_figure",
+           "check_output_png"]
 
 
 class DisplacementError(ValueError):
@@ -161,14 +162,46 @@ def save_displacement_figure(result: dict, output_png: str, title: str = "") -> 
     plt.close(fig)
 
 
+def check_output_png(path: str) -> None:
+    """Raise DisplacementError (one line) unless ``path`` is a ``.png`` file that can be written: not a
+    folder, in a folder that exists and is writable."""
+    if os.path.isdir(path):
+        raise DisplacementError(f"-o {path} is a folder; give a PNG file, e.g. "
+                                f"{os.path.join(path, 'dtc_displacement.png')}")
+    if not path.lower().endswith(".png"):
+        raise DisplacementError(f"-o {path}: the figure is a PNG; give a file name ending in .png")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise DisplacementError(f"-o {path}: folder {folder} does not exist or cannot be written; create it or "
+                                f"give another -o")
+
+
+def _save_atomic(result: dict, output_png: str, title: str) -> None:
+    """:func:`save_displacement_figure` into a temporary file beside ``output_png``, renamed when complete."""
+    import tempfile
+    folder, name = os.path.split(os.path.abspath(output_png))
+    handle, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".png", dir=folder)
+    os.close(handle)
+    try:
+        save_displacement_figure(result, temporary, title)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # a new file's permissions, not mkstemp's private 0600
+        os.replace(temporary, output_png)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 def run(args) -> int:
     import sys
     try:
+        check_output_png(args.output)
         print(f"loading {args.model_folder} (fold {args.fold}) and preprocessing {', '.join(args.images)} ...",
               file=sys.stderr, flush=True)
         result = sample_displacement(args.model_folder, args.images, args.fold, args.checkpoint, args.slice)
         title = os.path.basename(os.path.normpath(args.model_folder))
-        save_displacement_figure(result, args.output, title)
+        _save_atomic(result, args.output, title)
     except (DisplacementError, FileNotFoundError) as error:
         print(f"nnunetv2_deconver dtc-displacement: error: {error}", file=sys.stderr)
         return 1

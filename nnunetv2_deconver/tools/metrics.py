@@ -4,7 +4,9 @@ Conventions (the same as MONAI's ``compute_hausdorff_distance(..., percentile=95
 check against):
 
 - **Surface** of a mask: its voxels that ``scipy.ndimage.binary_erosion`` (face connectivity, outside
-  the image counts as background) removes, so a single voxel is its own surface.
+  the image counts as background) removes, so a single voxel is its own surface. Axes of length 1 (a 2D
+  image stored as one slice, as nnU-Net stores 2D data) are left out first, so such an image is
+  measured as the 2D image it is (its contour), not as a slab that is all surface.
 - **HD95** in millimetres: the larger of the two directed 95th percentiles (linear interpolation) of
   the Euclidean distances from each surface voxel of one mask to the nearest surface voxel of the
   other, with the voxel spacing applied per axis.
@@ -60,6 +62,11 @@ def hd95(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]
         return 0.0
     if not has_reference or not has_prediction:
         return image_diagonal_mm(reference.shape, spacing)
+    # an axis of length 1 (a 2D image stored as one slice) has no surface across it: measure in the others
+    kept = [axis for axis, n in enumerate(reference.shape) if n > 1] or [0]
+    dropped = tuple(axis for axis in range(reference.ndim) if axis not in kept)
+    reference, prediction = reference.squeeze(dropped), prediction.squeeze(dropped)
+    spacing = [spacing[axis] for axis in kept]
     # the distances only depend on the union's bounding box; a one-voxel zero margin keeps the
     # erosion's border behaviour identical to the uncropped image
     box = ndimage.find_objects((reference | prediction).astype(np.uint8))[0]

@@ -140,7 +140,7 @@ def test_predict_with_the_wrong_channel_count_says_so_before_the_workers(env, mo
     for channel in ("0000", "0001"):
         shutil.copy(os.path.join(source, case), images / case.replace("_0000", f"_{channel}"))
     err = _predict(env, images, tmp_path / "out")
-    assert "takes 1 input channel(s)" in err[-1] and "has channel(s) [0, 1]" in err[-1], err[-3:]
+    assert "takes 1 image channel(s)" in err[-1] and "has channel(s) [0, 1]" in err[-1], err[-3:]
     assert not any("Background workers died" in line for line in err)
     assert os.listdir(tmp_path / "out") == []  # nnU-Net creates -o before loading the model
 

@@ -34,7 +34,7 @@ def test_demo_reduced_budget_end_to_end_and_resume(tmp_path):
     assert {r["run"] for r in rows} == {"nnUNetTrainer_demo", "nnUNetTrainerDeconver_demo"}
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
     for trainer in ("nnUNetTrainer_demo", "nnUNetTrainerDeconver_demo"):
-        fold = output / "nnUNet_results" / "Dataset990_DeconverDemo" / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+        fold = output / "nnUNet_results" / "Dataset990_DeconverDemo" / f"{trainer}__nnUNetPlans__2d" / "fold_0"
         assert (fold / "checkpoint_final.pth").is_file()
 
     # a re-run resumes: every step before the comparison is skipped

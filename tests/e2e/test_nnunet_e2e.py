@@ -78,6 +78,27 @@ def _predict(env, dataset, configuration, out_dir, plans="nnUNetPlans"):
     return image, prediction
 
 
+def _check_dice_by_hand(folder, labels_or_regions, ignore_label=None):
+    """nnU-Net's validation Dice per case and label (or region, a tuple of labels), recomputed here from the
+    prediction and reference files: voxels of the ignore label in the reference count for neither side."""
+    with open(os.path.join(folder, "validation", "summary.json")) as f:
+        per_case = json.load(f)["metric_per_case"]
+    assert per_case
+    for entry in per_case:
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(entry["reference_file"]))
+        prediction = sitk.GetArrayFromImage(sitk.ReadImage(entry["prediction_file"]))
+        valid = np.ones_like(reference, dtype=bool) if ignore_label is None else reference != ignore_label
+        assert set(entry["metrics"]) == {str(k) for k in labels_or_regions}
+        for key in labels_or_regions:
+            members = key if isinstance(key, tuple) else (key,)
+            ref, pred = np.isin(reference, members) & valid, np.isin(prediction, members) & valid
+            tp, fp, fn = (ref & pred).sum(), (~ref & pred).sum(), (ref & ~pred).sum()
+            metrics = entry["metrics"][str(key)]
+            assert (metrics["TP"], metrics["FP"], metrics["FN"]) == (tp, fp, fn), (key, metrics)
+            if tp + fp + fn:
+                assert metrics["Dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), rel=1e-9)
+
+
 def _assert_same_grid(image, prediction):
     assert prediction.GetSize() == image.GetSize()
     np.testing.assert_allclose(prediction.GetSpacing(), image.GetSpacing(), rtol=1e-6)
@@ -157,23 +178,28 @@ def test_anisotropic_with_ignore_label(nnunet_env, tmp_path):
         "strides"]
     assert strides[1] == [1, 2, 2], f"the dataset should give an anisotropic first stride, got {strides}"
     _train(nnunet_env, ANISO_IGNORE, "3d_fullres")
-    _check_trained(nnunet_env, ANISO_IGNORE, "3d_fullres")
+    _check_dice_by_hand(_check_trained(nnunet_env, ANISO_IGNORE, "3d_fullres"), [1], ignore_label=2)
     image, prediction = _predict(nnunet_env, ANISO_IGNORE, "3d_fullres", str(tmp_path / "pred"))
     _assert_same_grid(image, prediction)
     # the ignore label (2) is never predicted: the network has outputs for background and ball only
     assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1}
 
 
-def test_region_based_training(nnunet_env):
+def test_region_based_training(nnunet_env, tmp_path):
     _train(nnunet_env, REGIONS, "3d_fullres")
     folder = _check_trained(nnunet_env, REGIONS, "3d_fullres")
     with open(os.path.join(folder, "validation", "summary.json")) as f:
         per_region = json.load(f)["mean"]
     # nnU-Net evaluates region-based training per region: (1, 2) = whole, (2,) = core
     assert len(per_region) == 2, per_region
+    _check_dice_by_hand(folder, [(1, 2), (2,)])
     for case in [f for f in os.listdir(os.path.join(folder, "validation")) if f.endswith(".nii.gz")]:
         seg = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, "validation", case)))
         assert set(np.unique(seg)) <= {0, 1, 2}
+    # and nnUNetv2_predict turns the region outputs into labels by regions_class_order
+    image, prediction = _predict(nnunet_env, REGIONS, "3d_fullres", str(tmp_path / "pred"))
+    _assert_same_grid(image, prediction)
+    assert set(np.unique(sitk.GetArrayFromImage(prediction))) <= {0, 1, 2}
 
 
 def test_plans_override_then_train(nnunet_env):

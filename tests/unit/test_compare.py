@@ -148,3 +148,19 @@ def test_predictions_folders_mode_and_console_script(results):
     done = subprocess.run([script, "-i", folders[0], "-o", str(results / "r3")], capture_output=True, text=True)
     assert done.returncode == 1
     assert "one predictions folder per trainer" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_case_predicted_in_two_folds_is_a_problem(results, capsys):
+    """nnU-Net's fold_all, or overlapping custom splits, predict a case twice: neither is dropped silently."""
+    import shutil
+    base = results / "res" / DATASET / f"{TRAINERS[1]}__nnUNetPlans__3d_fullres"
+    shutil.copy(base / "fold_0" / "validation" / "case_000.nii.gz", base / "fold_1" / "validation")
+    report = results / "report"
+    assert main(["-d", "901", "-o", str(report), "--no-timing"]) == 1
+    err = capsys.readouterr().err
+    assert f"{TRAINERS[1]}: case(s) case_000 predicted in fold 0 and fold 1" in err and "-f" in err, err
+    assert not report.exists()
+    assert main(["-d", "901", "-o", str(report), "--no-timing", "--partial"]) == 1
+    assert "predicted in fold 0 and fold 1" in (report / "summary.md").read_text()
+    assert {(r["run"], r["fold"]) for r in _rows(report) if r["case"] == "case_000"} == {(TRAINERS[0], "0"),
+                                                                                        (TRAINERS[1], "1")}

@@ -1,6 +1,7 @@
 """DTC geometry: every expected value comes from F.interpolate, F.conv*, or the receptive-field formula
 ``max shift = r / 2 input pixels either way`` (a window r pixels wide), never from the module itself."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -201,3 +202,20 @@ def test_display_helpers():
         last_dtc_layer(nn.Sequential(nn.ConvTranspose2d(2, 2, 2, stride=2)))
     layers = nn.Sequential(DeformableTransposedConv(4, 2, (2, 2)), DeformableTransposedConv(2, 1, (2, 2)))
     assert last_dtc_layer(layers) is layers[1]
+
+
+@pytest.mark.parametrize("output,message", [("FOLDER", "is a folder; give a PNG file"),
+                                            ("x.txt", "give a file name ending in .png"),
+                                            ("missing/x.png", "does not exist or cannot be written")])
+def test_dtc_displacement_refuses_an_output_it_cannot_write_before_loading(tmp_path, capsys, output, message):
+    from nnunetv2_deconver.tools import cli
+    (tmp_path / "FOLDER").mkdir()
+    before = sorted(os.listdir(tmp_path))
+    output = str(tmp_path / output)
+    # the model folder does not exist: the output is checked first, so that is not what fails
+    assert cli.main(["dtc-displacement", str(tmp_path / "no_model"), str(tmp_path / "case_0000.nii.gz"),
+                     "-o", output]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if "error:" in line]
+    assert len(errors) == 1 and message in errors[0], err
+    assert sorted(os.listdir(tmp_path)) == before and os.listdir(tmp_path / "FOLDER") == []

@@ -173,3 +173,24 @@ def test_random_masks_match_monai(seed, density, spacing):
     if not a.any() or not b.any():
         return
     assert hd95(a, b, spacing) == pytest.approx(_monai_hd95(a, b, spacing), rel=1e-5, abs=1e-6)
+
+
+def _contour_2d(mask):
+    """Pixels of ``mask`` with a 4-neighbour outside it (or outside the image), written out."""
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return np.argwhere(mask & ~inner)
+
+
+def test_hd95_of_a_single_slice_is_the_2d_hd95():
+    # a 2D image stored as one slice (nnU-Net's 2D layout): its contour is its surface, not every pixel
+    reference = np.zeros((20, 20), bool)
+    reference[3:17, 3:17] = True
+    prediction = np.zeros((20, 20), bool)
+    prediction[8:12, 8:12] = True
+    spacing = np.array([0.5, 0.8])
+    distances = cdist(_contour_2d(reference) * spacing, _contour_2d(prediction) * spacing)
+    expected = max(np.percentile(distances.min(1), 95), np.percentile(distances.min(0), 95))
+    assert hd95(reference, prediction, tuple(spacing)) == pytest.approx(expected)
+    assert hd95(reference[None], prediction[None], (3.0, *spacing)) == pytest.approx(expected)
+    assert hd95(reference[:, None], prediction[:, None], (spacing[0], 3.0, spacing[1])) == pytest.approx(expected)

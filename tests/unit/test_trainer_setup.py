@@ -1,6 +1,8 @@
-"""The optimiser and schedule each trainer really builds (nnU-Net's own ``initialize``), and the learning rate
-after a ``--c`` resume (nnU-Net's own ``save_checkpoint`` / ``load_checkpoint`` / ``on_train_epoch_start``)."""
+"""The optimiser and schedule each trainer really builds (nnU-Net's own ``initialize``), the learning rate
+after a ``--c`` resume (nnU-Net's own ``save_checkpoint`` / ``load_checkpoint`` / ``on_train_epoch_start``),
+and a checkpoint write that fails half way."""
 import copy
+import errno
 import math
 
 import pytest
@@ -10,11 +12,13 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
 from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
 from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconver
+from nnunetv2_deconver.trainers.variants.benchmarking.nnUNetTrainerWithMemoryLog import nnUNetTrainerWithMemoryLog
 from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerDeconverCheckpointed import \
     nnUNetTrainerDeconverCheckpointed
 from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerDeconverNoDeepSupervision import \
     nnUNetTrainerDeconverNoDeepSupervision
 from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerDeconver_k5 import nnUNetTrainerDeconver_k5
+from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerUNetDTC import nnUNetTrainerUNetDTC
 from nnunetv2_deconver.trainers.variants.optimizer.nnUNetTrainerDeconverSGD import nnUNetTrainerDeconverSGD
 
 ARCH = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.modules.conv.Conv3d",
@@ -102,3 +106,24 @@ def test_learning_rate_after_resume_is_the_schedule_at_that_epoch(nnunet_folders
     resumed.on_train_epoch_start()
     for group in resumed.optimizer.param_groups:
         assert group["lr"] == pytest.approx(schedule(epoch), rel=1e-12)
+
+
+@pytest.mark.parametrize("cls", [nnUNetTrainerDeconver, nnUNetTrainerWithMemoryLog, nnUNetTrainerUNetDTC],
+                         ids=lambda c: c.__name__)
+def test_a_failed_checkpoint_write_leaves_the_good_checkpoint(nnunet_folders, monkeypatch, cls):
+    trainer = _trainer(cls)
+    path = nnunet_folders / "checkpoint_best.pth"
+    trainer.save_checkpoint(str(path))
+    good = path.read_bytes()
+
+    def disk_full(obj, f, *args, **kwargs):  # half a file, then the error a full disk gives
+        with open(f, "wb") as handle:
+            handle.write(good[: len(good) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    trainer.current_epoch += 1
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_checkpoint(str(path))
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in nnunet_folders.iterdir() if p.is_file()) == ["checkpoint_best.pth"]

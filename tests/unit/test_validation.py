@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nnunetv2_deconver.network import Deconver
-from nnunetv2_deconver.nnunet.checks import check_channel_files, check_prediction_inputs
+from nnunetv2_deconver.nnunet.checks import channel_files, check_channel_files, check_prediction_inputs
 from nnunetv2_deconver.nnunet.planner import MARKER, check_options, check_plans_name
 from nnunetv2_deconver.nnunet.plans import PlanError
 from nnunetv2_deconver.ops import ndc as ndc_module
@@ -124,14 +124,57 @@ def test_planner_never_writes_over_nnunets_plans_or_a_file_it_did_not_write(tmp_
     check_plans_name("New", "nnUNetPlans", str(tmp_path / "New.json"), force=False)
 
 
+def _model_folder(path, channels=1, file_ending=".nii.gz"):
+    path.mkdir(parents=True)
+    (path / "dataset.json").write_text(json.dumps({"channel_names": {str(c): "MRI" for c in range(channels)},
+                                                   "labels": {"background": 0, "a": 1, "b": 2},
+                                                   "numTraining": 2, "file_ending": file_ending}))
+    return path
+
+
 def test_prediction_channel_check(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
     for name in ("a_0000.nii.gz", "a_0001.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz", "notes.txt"):
-        (tmp_path / name).write_text("")
-    check_channel_files(str(tmp_path), 2)
-    with pytest.raises(ValueError, match=r"takes 1 input channel.*case a has channel\(s\) \[0, 1\] \(2 case"):
-        check_channel_files(str(tmp_path), 1)
-    argv = ["/env/bin/nnUNetv2_predict", "-i", str(tmp_path), "-o", "out", "-d", "1"]
+        (images / name).write_text("")
+    check_channel_files(str(images), 2, ".nii.gz")
+    with pytest.raises(ValueError, match=r"takes 1 image channel.*case a has channel\(s\) \[0, 1\] \(2 case"):
+        check_channel_files(str(images), 1, ".nii.gz")
+    model = _model_folder(tmp_path / "model", channels=1)
+    argv = ["/env/bin/nnUNetv2_predict_from_modelfolder", "-i", str(images), "-o", "out", "-m", str(model)]
     with pytest.raises(ValueError, match="nnUNetv2_predict -i"):
-        check_prediction_inputs(1, argv)
-    check_prediction_inputs(1, ["/env/bin/nnUNetv2_train", "-i", str(tmp_path)])  # other programs: no check
-    check_prediction_inputs(1, argv[:1] + ["-i", str(tmp_path / "missing")])  # nnU-Net reports a missing folder
+        check_prediction_inputs(argv)
+    check_prediction_inputs(["/env/bin/nnUNetv2_train", "-i", str(images), "-m", str(model)])  # no check
+    check_prediction_inputs(argv[:1] + ["-i", str(tmp_path / "missing"), "-m", str(model)])  # nnU-Net reports it
+    check_prediction_inputs(argv[:1] + ["-i", str(images), "-m", str(tmp_path / "no_model")])  # nnU-Net reports it
+
+
+def test_prediction_channel_check_lists_only_the_dataset_file_ending(tmp_path):
+    # nnU-Net's predictor lists only CASE_XXXX + file_ending: sidecar files are not cases nor channels
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a_0000.nii.gz", "a_0001.json", "notes_2024.txt", "b_0000.nii.gz", "b_0003.mha"):
+        (images / name).write_text("")
+    model = _model_folder(tmp_path / "model", channels=1)
+    check_prediction_inputs(["nnUNetv2_predict_from_modelfolder", "-i", str(images), "-o", "o", "-m", str(model)])
+    assert channel_files(str(images), ".nii.gz") == {"a": [0], "b": [0]}
+
+
+def test_prediction_channel_check_of_a_cascade_counts_image_files_only(tmp_path, monkeypatch):
+    # a 3d_cascade_fullres network takes 1 image channel + 2 one-hot channels of -prev_stage_predictions;
+    # only the image channel is a file of -i
+    results = tmp_path / "results"
+    _model_folder(results / "Dataset301_Casc" / "nnUNetTrainerDeconver__nnUNetPlans__3d_cascade_fullres", channels=1)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(name, str(tmp_path / name))
+    monkeypatch.setenv("nnUNet_results", str(results))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a_0000.nii.gz").write_text("")
+    # -device and -prev_stage_predictions are no -d or -p
+    argv = ["nnUNetv2_predict", "-device", "cpu", "-i", str(images), "-o", "o", "-d", "301", "-c", "3d_cascade_fullres",
+            "-tr", "nnUNetTrainerDeconver", "-prev_stage_predictions", str(tmp_path / "lowres")]
+    check_prediction_inputs(argv)
+    (images / "a_0001.nii.gz").write_text("")  # and a wrong folder still fails
+    with pytest.raises(ValueError, match=r"takes 1 image channel.*case a has channel\(s\) \[0, 1\]"):
+        check_prediction_inputs(argv)

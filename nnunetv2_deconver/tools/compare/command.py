@@ -14,7 +14,6 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import warnings
 from typing import List, Optional, Sequence
 
@@ -23,6 +22,7 @@ import numpy as np
 from nnunetv2_deconver.tools.compare import plots as compare_plots
 from nnunetv2_deconver.tools.compare.costs import measure_run_cost
 from nnunetv2_deconver.tools.compare.label_files import LabelFileError, check_image, read_label_map
+from nnunetv2_deconver.tools.compare.publish import foreign_entries, publish, remove_leftovers, staging_folder
 from nnunetv2_deconver.tools.compare.report import render_markdown, render_table, write_csv
 from nnunetv2_deconver.tools.compare.runs import (CompareError, Run, cases_in, check_cases, check_labels, find_image,
                                                   find_runs, fold_of_cases, log, reference_folder)
@@ -38,6 +38,7 @@ DESCRIPTION = ("Compare nnU-Net trainers (default: stock nnUNetTrainer vs nnUNet
 
 
 PLOTS = ("dice_per_case.png", "dice_vs_flops.png", "worst_case.png")
+REPORT_FILES = ("summary.md", "per_case.csv", *PLOTS)
 
 
 def _output_parent(output: str) -> str:
@@ -52,6 +53,11 @@ def _output_parent(output: str) -> str:
         raise CompareError([f"cannot create {parent} for the report ({error.strerror}); give another -o"]) from None
     if not os.access(parent, os.W_OK) or (os.path.isdir(output) and not os.access(output, os.W_OK)):
         raise CompareError([f"cannot write the report into {output} (no write permission); give another -o"])
+    foreign = foreign_entries(output, REPORT_FILES)
+    if foreign:  # the report replaces the folder as a whole
+        raise CompareError([f"report folder {output} holds {foreign[0]}, which is not a report's file "
+                            f"({len(foreign)} such); give a new folder or an earlier report's as -o"])
+    remove_leftovers(output)
     return parent
 
 
@@ -62,7 +68,7 @@ def compare(dataset: Optional[str], configuration: str, output: str,
             timing_device: Optional[str] = "cpu") -> dict:
     """Score, compare and report; returns the summary as a dict. Raises :class:`CompareError` on bad
     input, after writing the report on the usable cases when ``partial`` is set."""
-    parent = _output_parent(output)
+    _output_parent(output)
     problems: List[str] = []
     runs, dataset_name, folds = find_runs(dataset, configuration, trainers, plans, folds, prediction_folders,
                                           problems)
@@ -100,8 +106,8 @@ def compare(dataset: Optional[str], configuration: str, output: str,
             warnings.simplefilter("ignore", FutureWarning)  # deprecation notes of torch.jit from nnU-Net's imports
             run.cost = measure_run_cost(run, configuration, timing_device)
 
-    fold_of = fold_of_cases(runs[0], folds)
-    rows = [{"run": run.name, "trainer": run.trainer, "plans": run.plans, "fold": fold_of.get(case, ""),
+    fold_of = {run.name: fold_of_cases(run, folds) for run in runs}  # the fold whose prediction was scored
+    rows = [{"run": run.name, "trainer": run.trainer, "plans": run.plans, "fold": fold_of[run.name].get(case, ""),
              "case": case, "class": names[key], "label_or_region": str(key),
              "dice": per_run_case[run.name][case][key][0], "hd95_mm": per_run_case[run.name][case][key][1]}
             for run in runs for case in usable for key in keys]
@@ -114,9 +120,8 @@ def compare(dataset: Optional[str], configuration: str, output: str,
                "problems": problems, "timing_device": timing_device,
                "plots": {name: os.path.join(output, name) for name in PLOTS}}
 
-    # the report is written beside the output folder and then moved in, summary.md last: a report
-    # folder never shows an old summary.md beside new results, nor half a report
-    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(output))}.", dir=parent)
+    # the report is written into a folder beside -o, then put in place as a whole (compare.publish)
+    staging = staging_folder(output)
     try:
         write_csv(os.path.join(staging, "per_case.csv"), rows)
         log("[compare] plotting ...")
@@ -128,9 +133,7 @@ def compare(dataset: Optional[str], configuration: str, output: str,
                                  {r.name: per_run_case[r.name][worst] for r in runs})
         with open(os.path.join(staging, "summary.md"), "w") as f:
             f.write(render_markdown(summary))
-        os.makedirs(output, exist_ok=True)
-        for name in ("per_case.csv", *PLOTS, "summary.md"):
-            os.replace(os.path.join(staging, name), os.path.join(output, name))
+        publish(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     summary["table"] = render_table(summary)

@@ -188,12 +188,23 @@ def find_runs(dataset: Optional[str], configuration: str, trainers: Sequence[str
     for run in runs:
         run.dataset_json = read_dataset_json(run.name, [run.results_folder])
         run.plans_json = read_plans_json(run.name, [run.results_folder], configuration)
+        fold_of = {}
+        twice = {}
         for fold in folds:
             validation = os.path.join(run.results_folder, f"fold_{fold}", "validation")
             cases = cases_in(validation, run.dataset_json["file_ending"]) if os.path.isdir(validation) else {}
             if not cases:
                 problems.append(f"{run.name}: fold {fold} is missing (no predictions in {validation})")
+            for case in cases:
+                if case in fold_of:
+                    twice.setdefault((fold_of[case], fold), []).append(case)
+                fold_of[case] = fold
             run.predictions.update(cases)
+        for (first, later), cases in sorted(twice.items()):
+            # each case must be scored once; which fold's prediction would be a silent choice
+            problems.append(f"{run.name}: case(s) {short_list(sorted(cases))} predicted in fold {first} and fold "
+                            f"{later}; give -f with folds that predict each case once (e.g. -f 0 1 2 3 4), "
+                            f"--partial scores fold {later}'s")
     return runs, dataset_name, list(folds)
 
 

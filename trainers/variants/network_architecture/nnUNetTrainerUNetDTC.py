@@ -8,13 +8,15 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunetv2_deconver.nnunet.trainer_mixins import AtomicCheckpoints
 from nnunetv2_deconver.ops.dtc import DeformableTransposedConv
 
 
-class nnUNetTrainerUNetDTC(nnUNetTrainer):
+class nnUNetTrainerUNetDTC(AtomicCheckpoints, nnUNetTrainer):
     """The plan's network (stock nnU-Net init), then each ``decoder.transpconvs[i]`` becomes the base of a
     :class:`DeformableTransposedConv` with receptive field ``dtc_receptive_field`` (input pixels per axis;
-    None: unrestricted). Optimiser, schedule and everything else are nnU-Net's defaults."""
+    None: unrestricted). Optimiser, schedule and everything else are nnU-Net's defaults; checkpoints are
+    written to a temporary file and renamed (``AtomicCheckpoints``)."""
     dtc_receptive_field: Optional[float] = 2.0
 
     @classmethod
