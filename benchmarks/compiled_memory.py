@@ -73,7 +73,10 @@ def measure(folder: Path, plan: str) -> list:
     rows = []
     for name in TRAINERS:
         start = time.perf_counter()
-        memory = compiled_step_memory(builder(name, manager, configuration), shape)
+        try:
+            memory = compiled_step_memory(builder(name, manager, configuration), shape)
+        except Exception as error:  # one network that cannot be traced costs only its row
+            memory = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
         rows.append((name, memory, time.perf_counter() - start))
     return rows
 
@@ -101,6 +104,9 @@ def main(argv=None) -> int:
             rows = measure(folder, plan)
             base = rows[0][1]
             for name, memory, _ in rows:
+                if isinstance(memory, str):
+                    print(f"| {name} | not traced: {memory} | | | | |")
+                    continue
                 print(f"| {name} | {mib(memory.saved)} | {memory.saved / base.saved:.2f} | {mib(memory.transient)} "
                       f"| {memory.transient / base.transient:.2f} "
                       f"| {(memory.saved + memory.transient) / (base.saved + base.transient):.2f} |", flush=True)
