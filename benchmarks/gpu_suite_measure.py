@@ -11,7 +11,6 @@ process per network also keeps each peak to that network's own tensors and a fai
 import argparse
 import contextlib
 import json
-import os
 import queue
 import subprocess
 import sys

@@ -5,14 +5,14 @@ CPU, InstanceNorm's backward given such a gradient for a single sample returns w
 batches of two or more are right), and a norm feeds the Deconv mixer, whose NDC runs channels-last.
 :func:`to_layout` returns the gradient in the input's own layout instead: the same values, one copy.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 
 from nnunetv2_deconver.ops.by_dimension import CONV_FN
 from nnunetv2_deconver.ops.ndc_autograd import memory_format_of
 
-__all__ = ["to_layout", "pointwise", "pointwise_backward"]
+__all__ = ["to_layout", "pointwise"]
 
 
 class _ToLayout(torch.autograd.Function):
@@ -50,19 +50,3 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     out = torch.matmul(matrix, flat) if bias is None else torch.baddbmm(
         bias.reshape(1, -1, 1), matrix.expand(x.shape[0], -1, -1), flat)
     return out.reshape(x.shape[0], matrix.shape[0], *x.shape[2:])
-
-
-def pointwise_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: bool,
-                       need_input: bool = True) -> Tuple[Optional[torch.Tensor], ...]:
-    """``(dL/dx, dL/dweight, dL/dbias)`` of :func:`pointwise` (``None`` where not asked)."""
-    if not (_as_matrix_product(x) and grad.is_contiguous()):
-        dim = weight.dim() - 2
-        ones, zeros = [1] * dim, [0] * dim
-        return torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]] if bias else None, ones,
-                                                   zeros, ones, False, zeros, 1, [need_input, True, bias])
-    matrix = weight.reshape(weight.shape[0], weight.shape[1])
-    flat_grad, flat = grad.reshape(grad.shape[0], grad.shape[1], -1), x.reshape(x.shape[0], x.shape[1], -1)
-    grad_x = torch.matmul(matrix.t(), flat_grad).reshape(x.shape) if need_input else None
-    grad_weight = torch.bmm(flat_grad, flat.transpose(1, 2)).sum(0).reshape(weight.shape)
-    grad_bias = flat_grad.sum(dim=(0, 2)) if bias else None
-    return grad_x, grad_weight, grad_bias

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV, CONV_FN, CONV_TRANSPOSED_FN
+from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV, CONV_FN
 from nnunetv2_deconver.ops.ndc_autograd import Operators, RecomputedNDC, differentiable_operators, memory_format_of, update_step
 from nnunetv2_deconver.ops.ndc_dispatch import IMPLEMENTATIONS, select_implementation
 from nnunetv2_deconver.ops.ndc_triton import triton_deconvolution

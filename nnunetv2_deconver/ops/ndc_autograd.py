@@ -194,8 +194,7 @@ class _UpdateStep(torch.autograd.Function):
 
 def update_step(source: torch.Tensor, adjoint_x: torch.Tensor, adjoint_reconstruction: torch.Tensor,
                 eps: float) -> torch.Tensor:
-    """One update, differentiable: :class:`_UpdateStep` (the naive composition where twice differentiable
-    results are needed: in a graph being built for higher derivatives)."""
+    """One update step, differentiable, with :class:`_UpdateStep`'s elementwise backward."""
     return _UpdateStep.apply(source, adjoint_x, adjoint_reconstruction, eps)
 
 
@@ -274,15 +273,11 @@ class RecomputedNDC(torch.autograd.Function):
 
 def update_backward(ops: Operators, observed: torch.Tensor, source: torch.Tensor,
                     first_reconstruction: Optional[torch.Tensor], grad: torch.Tensor, eps: float, iterations: int,
-                    need_x: bool = True, need_source: bool = True, need_filters: bool = True,
-                    on_output: Optional[Callable[[torch.Tensor], None]] = None):
+                    need_x: bool = True, need_source: bool = True, need_filters: bool = True):
     """Gradients of ``S^(iterations)`` for ``X`` (``observed``), ``S0`` (``source``) and ``V`` (see the module
     docstring), all operands already in ``ops``' dtype and layout; ``None`` for a gradient not asked for.
 
     ``first_reconstruction`` is ``K(S0)`` when the caller kept it, else ``None`` (recomputed here).
-    ``on_output`` (optional) is called once with the update's output ``S^(iterations)``, recomputed from
-    the same ``N`` and ``D`` as in the forward (exactly the forward's values); the buffer is freed after the
-    call. It serves a caller that recomputes the layer instead of keeping its output.
     """
     numerator = ops.adjoint_of(observed).add_(eps)
     sources = [source]
@@ -302,13 +297,7 @@ def update_backward(ops: Operators, observed: torch.Tensor, source: torch.Tensor
     for step in reversed(range(iterations)):
         current, reconstruction = sources.pop(), reconstructions.pop()
         denominator = ops.adjoint_of(reconstruction).add_(eps)  # D_t
-        if on_output is not None and step == iterations - 1:  # S_T = (N * S_{T-1}) / D, as the forward
-            output = (numerator * current).div_(denominator)
-            on_output(output)
-            scaled = torch.mul(grad, current, out=output).div_(denominator)  # u = g * S_t / D_t, in S_T's buffer
-            del output
-        else:
-            scaled = (grad * current).div_(denominator)  # u = g * S_t / D_t
+        scaled = (grad * current).div_(denominator)  # u = g * S_t / D_t
         # q = N / D_t; the first update's q is N's last use, so it takes N's buffer
         ratio = numerator.div_(denominator) if step == 0 else numerator / denominator
         del denominator
