@@ -13,7 +13,6 @@ kept before the blocks ran in checkpoint regions.
     python benchmarks/compiled_memory.py --plans 2d 3d_aniso   # a subset
 """
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -86,12 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--plans", nargs="+", default=list(PLANS), choices=list(PLANS))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for sub, variable in (("raw", "nnUNet_raw"), ("preprocessed", "nnUNet_preprocessed"),
-                              ("results", "nnUNet_results")):
-            (folder / sub).mkdir()
-            os.environ[variable] = str(folder / sub)
-        plan_parity.make_plans(folder, args.plans)
+        folder = plan_parity.planned_folder(Path(tmp), args.plans)
         print(f"# torch {torch.__version__}; traced on fake tensors: GPU NDC path and region sizes, fp16 autocast, "
               f"AOT autograd + min_cut_rematerialization_partition")
         for plan in args.plans:

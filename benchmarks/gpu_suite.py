@@ -206,11 +206,8 @@ def main(argv=None) -> int:
     timer.daemon = True
     timer.start()
     with tempfile.TemporaryDirectory(prefix="gpu_suite_") as tmp:
-        root = Path(tmp)
-        for sub, variable in (("raw", "nnUNet_raw"), ("preprocessed", "nnUNet_preprocessed"),
-                              ("results", "nnUNet_results")):
-            (root / sub).mkdir()
-            os.environ[variable] = str(root / sub)
+        from plan_parity import nnunet_folders
+        root = nnunet_folders(Path(tmp))
         # the dataset and plans are CPU work: made while the GPU measures the layer
         preparing = threading.Thread(target=section, args=(results, "plan", prepare, results, root, s, deadline))
         preparing.start()

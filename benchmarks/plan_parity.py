@@ -86,6 +86,21 @@ def make_plans(folder: Path, names) -> None:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def nnunet_folders(folder: Path) -> Path:
+    """``folder`` as nnU-Net's raw, preprocessed and results folders, set in the environment."""
+    for sub, variable in (("raw", "nnUNet_raw"), ("preprocessed", "nnUNet_preprocessed"),
+                          ("results", "nnUNet_results")):
+        (folder / sub).mkdir()
+        os.environ[variable] = str(folder / sub)
+    return folder
+
+
+def planned_folder(folder: Path, names) -> Path:
+    """:func:`nnunet_folders` with the plans of ``names`` made in it."""
+    make_plans(nnunet_folders(folder), names)
+    return folder
+
+
 def load_plan(folder: Path, name: str):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     dataset_id, _, _, configuration = DATASETS[name]
@@ -217,12 +232,7 @@ def main(argv=None) -> int:
         print(json.dumps(peak_of_step(Path(folder), name, network)))
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        for sub, variable in (("raw", "nnUNet_raw"), ("preprocessed", "nnUNet_preprocessed"),
-                              ("results", "nnUNet_results")):
-            (folder / sub).mkdir()
-            os.environ[variable] = str(folder / sub)
-        make_plans(folder, args.plans)
+        folder = planned_folder(Path(tmp), args.plans)
         print(f"# {machine_description(torch.device('cpu'))}")
         print(f"# fp32, eager; {args.repeats} interleaved runs, medians; glibc malloc tuning "
               f"{'on' if tuned else 'off'} for the whole process")
