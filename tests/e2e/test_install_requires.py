@@ -21,7 +21,8 @@ PROBE = textwrap.dedent('''
     for hidden in ("pytest", "hypothesis", "monai"):
         assert importlib.util.find_spec(hidden) is None, hidden + " must not be importable here"
     count = 0
-    for package in ("nnunetv2_deconver", "nnunetv2_deconver.trainers"):
+    # trainers/ and plans_overrides/ install under the package from folders of their own: walked apart
+    for package in ("nnunetv2_deconver", "nnunetv2_deconver.trainers", "nnunetv2_deconver.plans_overrides"):
         module = importlib.import_module(package)
         for info in pkgutil.walk_packages(module.__path__, package + "."):
             if info.name.endswith("ndc_triton_kernels") and importlib.util.find_spec("triton") is None:

@@ -208,8 +208,8 @@ def test_plans_override_then_train(nnunet_env):
     deconver = _plans(nnunet_env, ISO, "nnUNetDeconverPlans")["configurations"]["3d_fullres"]
     n_stages = len(stock["architecture"]["arch_kwargs"]["strides"])
     assert deconver["architecture"]["network_class_name"] == "nnunetv2_deconver.network.Deconver"
-    assert deconver["architecture"]["arch_kwargs"]["features_per_stage"] == [min(8 * 2 ** l, 512)
-                                                                             for l in range(n_stages)]
+    assert deconver["architecture"]["arch_kwargs"]["features_per_stage"] == [min(8 * 2 ** level, 512)
+                                                                             for level in range(n_stages)]
     assert deconver["data_identifier"] == stock["data_identifier"]  # the preprocessed data is reused
     _train(nnunet_env, ISO, "3d_fullres", 0, "-p", "nnUNetDeconverPlans")
     folder = _check_trained(nnunet_env, ISO, "3d_fullres", plans="nnUNetDeconverPlans")

@@ -19,7 +19,8 @@ def correlate(source: np.ndarray, filters: np.ndarray, groups: int) -> np.ndarra
         g = co // c_per_group
         for el in range(e_per_group):
             for m in itertools.product(*[range(k) for k in kernel]):
-                window = padded[(slice(None), g * e_per_group + el) + tuple(slice(mi, mi + s) for mi, s in zip(m, spatial))]
+                shifted = tuple(slice(mi, mi + s) for mi, s in zip(m, spatial))
+                window = padded[(slice(None), g * e_per_group + el) + shifted]
                 out[:, co] += filters[(co, el) + m] * window
     return out
 

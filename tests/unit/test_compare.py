@@ -52,7 +52,7 @@ def test_costs_are_counted_from_plans(results, capsys):
     report = results / "report"
     assert main(["-d", DATASET, "-o", str(report), "--no-timing", "-tr", "nnUNetTrainer", "nnUNetTrainerDeconver"]) == 0
     summary = (report / "summary.md").read_text()
-    line = next(l for l in summary.splitlines() if l.startswith("| nnUNetTrainer |"))
+    line = next(s for s in summary.splitlines() if s.startswith("| nnUNetTrainer |"))
     # PlainConvUNet with these widths: count its parameters independently
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
     import torch
@@ -88,7 +88,8 @@ def test_bad_files_geometry_and_labels_are_named(results, capsys):
                                 "case_003.nii.gz"), spacing=(1.0, 1.0, 1.0))
     seg = np.zeros(SHAPE)
     seg[0, 0, 0] = 7
-    write_label(seg, str(base / f"{TRAINERS[0]}__nnUNetPlans__3d_fullres" / "fold_1" / "validation" / "case_004.nii.gz"))
+    validation = base / f"{TRAINERS[0]}__nnUNetPlans__3d_fullres" / "fold_1" / "validation"
+    write_label(seg, str(validation / "case_004.nii.gz"))
     (base / f"{TRAINERS[0]}__nnUNetPlans__3d_fullres" / "fold_1" / "validation" / "extra_case.nii.gz").write_bytes(
         (validation / "case_000.nii.gz").read_bytes())
     assert main(["-d", "901", "-o", str(results / "report"), "--no-timing"]) == 1

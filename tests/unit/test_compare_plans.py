@@ -44,7 +44,7 @@ def test_one_plans_identifier_per_trainer(results, capsys):
                               {"inplace": True})
     params = sum(p.numel() for p in net.parameters())
     summary = (report / "summary.md").read_text()
-    line = [l for l in summary.splitlines() if l.startswith(f"| {TRAINERS[0]} ({RESENC}) |")][-1]
+    line = [s for s in summary.splitlines() if s.startswith(f"| {TRAINERS[0]} ({RESENC}) |")][-1]
     assert f"| {params / 1e3:.2f}K |" in line
     # the pair must exist as named: a plans identifier without results is one line naming the folder
     assert main(["-d", "901", "-o", str(report), "--no-timing", "-tr", *TRAINERS, "-p", "nnUNetPlans"]) == 1

@@ -90,7 +90,8 @@ _PLANS = {
 @pytest.mark.parametrize("class_name", sorted(_PLANS))
 def test_unet_dtc_trainer_wraps_every_transposed_conv(class_name):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerUNetDTC import nnUNetTrainerUNetDTC, nnUNetTrainerUNetDTC_rf10
+    from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerUNetDTC import (
+        nnUNetTrainerUNetDTC, nnUNetTrainerUNetDTC_rf10)
 
     torch.manual_seed(2)
     configuration = _configuration(class_name, _PLANS[class_name])

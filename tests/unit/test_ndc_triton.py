@@ -78,7 +78,8 @@ def test_fused_kernels_match_naive_values_and_gradients(interpreter, spatial, ke
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_inputs_are_read_in_place_and_computed_in_fp32(interpreter, dtype):
     operands, grad = _operands((5, 6), (3, 3), 2, 2, dtype=dtype)
-    expected, expected_grads = run_with_gradients("naive", operands, grad, 2, 2)  # naive upcasts the same values to fp32
+    # naive upcasts the same values to fp32
+    expected, expected_grads = run_with_gradients("naive", operands, grad, 2, 2)
     got, got_grads = run_with_gradients("triton", operands, grad, 2, 2)
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
     assert max_relative_error(got, expected) <= 1e-5
@@ -132,7 +133,8 @@ def test_other_group_counts_take_the_recompute_path(interpreter, groups):
 def test_cpu_tensors_without_the_interpreter_take_the_recompute_path(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     operands, grad = _operands((5, 6), (3, 3), 2, 2)
-    assert torch.equal(run_with_gradients("triton", operands, grad, 2)[0], run_with_gradients("recompute", operands, grad, 2)[0])
+    assert torch.equal(run_with_gradients("triton", operands, grad, 2)[0],
+                       run_with_gradients("recompute", operands, grad, 2)[0])
 
 
 def test_missing_triton_is_a_clear_error_and_dispatch_never_picks_it(monkeypatch):

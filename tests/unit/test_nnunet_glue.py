@@ -160,7 +160,8 @@ def _manager(kernel_sizes, strides, patch, class_name="dynamic_network_architect
 
 def test_trainers_build_from_the_plan_topology():
     from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconver
-    from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerDeconver_k5 import nnUNetTrainerDeconver_k5
+    from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerDeconver_k5 import \
+        nnUNetTrainerDeconver_k5
     strides = [[1, 1, 1], [1, 2, 2], [2, 2, 2]]
     manager, configuration = _manager([[1, 3, 3], [3, 3, 3], [3, 3, 3]], strides, [4, 8, 8])
     network = nnUNetTrainerDeconver.build_network_architecture(manager, configuration, 2, 3, True)
@@ -171,7 +172,8 @@ def test_trainers_build_from_the_plan_topology():
     k5 = nnUNetTrainerDeconver_k5.build_network_architecture(manager, configuration, 2, 3, False)
     assert k5.kernel_sizes == [(1, 5, 5), (5, 5, 5), (5, 5, 5)] and k5.stem_kernel_size == (1, 3, 3)
     assert tuple(k5(torch.zeros(1, 2, 4, 8, 8)).shape) == (1, 3, 4, 8, 8)
-    from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerDeconverCheckpointed import nnUNetTrainerDeconverCheckpointed
+    from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerDeconverCheckpointed import \
+        nnUNetTrainerDeconverCheckpointed
     checkpointed = nnUNetTrainerDeconverCheckpointed.build_network_architecture(manager, configuration, 2, 3, True)
     assert checkpointed.checkpoint_blocks and not network.checkpoint_blocks
     assert checkpointed.kernel_sizes == network.kernel_sizes
@@ -286,5 +288,6 @@ def test_a_bad_plan_value_names_file_and_configuration(change, message):
     from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconver
     manager = PlansManager(_hand_merged_plans(change))
     configuration = manager.get_configuration("3d_fullres_deconver")
-    with pytest.raises(PlanError, match=rf"Dataset998_X.nnUNetPlans.json: configuration '3d_fullres_deconver'.*{message}"):
+    where = r"Dataset998_X.nnUNetPlans.json: configuration '3d_fullres_deconver'"
+    with pytest.raises(PlanError, match=rf"{where}.*{message}"):
         nnUNetTrainerDeconver.network_kwargs(manager, configuration)

@@ -145,13 +145,14 @@ def test_2d_plan_through_the_command(tmp_path, monkeypatch, capsys):
     arch = written["architecture"]
     assert arch["network_class_name"] == "nnunetv2_deconver.network.Deconver"
     assert arch["arch_kwargs"]["conv_op"] == "torch.nn.Conv2d"
-    assert arch["arch_kwargs"]["features_per_stage"] == [min(32 * 2 ** l, 512) for l in range(7)]
+    assert arch["arch_kwargs"]["features_per_stage"] == [min(32 * 2 ** level, 512) for level in range(7)]
     patch = written["patch_size"]
     divisor = _divisor(written)
     assert all(p % d == 0 for p, d in zip(patch, divisor))
     assert patch == [512, 448]  # 40 GB hold the stock patch
     # 2d cap: whole volumes (600 x 500 slices x 40 slices x 3 cases) * 5% / patch pixels = 7.8 -> 8
     cap = round(600 * 500 * 40 * 3 * 0.05 / np.prod(patch))
-    most = math.floor((40 * 2 ** 30 - _bytes(written, patch, 0)) / (_bytes(written, patch, 1) - _bytes(written, patch, 0)))
+    fixed = _bytes(written, patch, 0)
+    most = math.floor((40 * 2 ** 30 - fixed) / (_bytes(written, patch, 1) - fixed))
     assert 2 < cap < most
     assert written["batch_size"] == cap
