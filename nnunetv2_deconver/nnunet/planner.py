@@ -1,4 +1,5 @@
-"""``nnUNetv2_deconver_plan``: write ``nnUNetDeconverPlans.json`` beside a dataset's ``nnUNetPlans.json``.
+"""Deconver plans (``nnUNetDeconverPlans.json``) written beside a dataset's ``nnUNetPlans.json``: the work of
+``nnUNetv2_deconver_plan`` (its command line is :mod:`nnunetv2_deconver.tools.plan`).
 
 nnU-Net's planners cannot be plugged in by name, so this derives Deconver plans from the stock ones:
 the same spacing, normalisation and preprocessed data (the ``data_identifier`` is kept, nothing is
@@ -9,13 +10,11 @@ the Deconver memory model (``nnunetv2_deconver.nnunet.memory_model``) fits into 
 It never writes over nnU-Net's own plans, nor over a file it did not write itself (``--force`` for the
 latter). Then ``nnUNetv2_train D CONFIG FOLD -tr nnUNetTrainerDeconver -p nnUNetDeconverPlans``.
 """
-import argparse
 import copy
 import math
 import os
 import re
-import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from nnunetv2_deconver.nnunet.plans import (DEFAULT_FRAGMENTS, PlanError, check_
                                             load_fragment)
 from nnunetv2_deconver.network.deconver import stride_divisor
 
-__all__ = ["deconver_configuration", "plan_dataset", "check_plans_name", "MARKER", "main"]
+__all__ = ["deconver_configuration", "plan_dataset", "check_plans_name", "check_options", "MARKER"]
 
 SUPPORTED = ("2d", "3d_fullres", "3d_lowres")
 MIN_BATCH_SIZE = 2  # nnU-Net's UNet_min_batch_size
@@ -34,6 +33,12 @@ MAX_BASE_CHANNELS = 512  # the paper's width cap: a larger C0 gives every stage 
 MARKER = "deconver_planner"
 # plans files nnU-Net's own planners write: never replaced
 _NNUNET_PLANS = re.compile(r"nnUNetPlans|nnUNetResEnc.*Plans")
+# receives each progress line of the planning (the command prints them to stderr)
+Progress = Callable[[str], None]
+
+
+def _silent(line: str) -> None:
+    pass
 
 
 def _training_bytes(arch_kwargs: dict, input_channels: int, num_classes: int, patch_size, batch_size: int) -> float:
@@ -117,9 +122,10 @@ def _load_json(path: str, what: str, fix: str) -> dict:
 
 def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, base_channels: int = 32,
                  fragment: str = "deconver_k3", source_plans: str = "nnUNetPlans",
-                 plans_name: str = "nnUNetDeconverPlans", force: bool = False) -> str:
+                 plans_name: str = "nnUNetDeconverPlans", force: bool = False, progress: Progress = _silent) -> str:
     """Write ``plans_name.json`` for ``dataset`` (id or name) from the fragment (a shipped name or a
-    ``.json`` file); return its path. Everything is checked before the file is written, at once."""
+    ``.json`` file); return its path. Everything is checked before the file is written, at once; each
+    configuration's sizing and result go to ``progress`` as lines."""
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2_deconver import __version__
@@ -142,14 +148,14 @@ def plan_dataset(dataset: str, configurations: List[str], gpu_memory_gb: float, 
         with exclusive(target):  # two planners on one plans name: the second stops instead of both "writing"
             check_plans_name(plans_name, source_plans, target, force)  # again: the file may be new now
             return _plan_into(target, dataset, name, folder, configurations, gpu_memory_gb, base_channels,
-                              fragment_json, fragment_file, source_plans, plans_name, __version__)
+                              fragment_json, fragment_file, source_plans, plans_name, __version__, progress)
     except FileBusyError as error:
         raise PlanError(f"{error} (two nnUNetv2_deconver_plan runs on one -overwrite_plans_name)") from None
 
 
 def _plan_into(target: str, dataset: str, name: str, folder: str, configurations: List[str], gpu_memory_gb: float,
                base_channels: int, fragment_json: dict, fragment_file: str, source_plans: str, plans_name: str,
-               version: str) -> str:
+               version: str, progress: Progress) -> str:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     source_file = os.path.join(folder, source_plans + ".json")
     plan_first = f"run nnUNetv2_plan_and_preprocess -d {dataset} -c {' '.join(configurations)} first"
@@ -181,7 +187,7 @@ def _plan_into(target: str, dataset: str, name: str, folder: str, configurations
         if "n_stages" not in stock.get("architecture", {}).get("arch_kwargs", {}):
             raise PlanError(f"{source_file}: configuration '{c}' is not a U-Net plan; Deconver plans start from "
                             f"nnU-Net's U-Net plans (nnUNetPlans or nnUNetResEnc*Plans)")
-        print(f"{name} {c}: sizing Deconver for {gpu_memory_gb:g} GB ...", file=sys.stderr, flush=True)
+        progress(f"{name} {c}: sizing Deconver for {gpu_memory_gb:g} GB ...")
         # nnU-Net's 5% cap counts whole volumes: a 2d configuration's median is one slice, times the slices
         voxels_per_case = np.prod(stock["median_image_size_in_voxels"], dtype=np.float64)
         if len(stock["patch_size"]) == 2:
@@ -192,11 +198,11 @@ def _plan_into(target: str, dataset: str, name: str, folder: str, configurations
         out["configurations"][c] = configuration
         data = os.path.join(folder, configuration["data_identifier"])
         reuse = "reuses" if os.path.isdir(data) else "will read (not preprocessed yet: run nnUNetv2_preprocess)"
-        print(f"  patch {configuration['patch_size']} (stock {stock['patch_size']}), batch "
-              f"{configuration['batch_size']} (stock {stock['batch_size']}), widths "
-              f"{configuration['architecture']['arch_kwargs']['features_per_stage']}; {reuse} {data} "
-              f"(spacing unchanged)", file=sys.stderr)
-    _link_cascade(out["configurations"], plans.get("configurations", {}), name)
+        progress(f"  patch {configuration['patch_size']} (stock {stock['patch_size']}), batch "
+                 f"{configuration['batch_size']} (stock {stock['batch_size']}), widths "
+                 f"{configuration['architecture']['arch_kwargs']['features_per_stage']}; {reuse} {data} "
+                 f"(spacing unchanged)")
+    _link_cascade(out["configurations"], plans.get("configurations", {}), name, progress)
     write_json_atomic(out, target)
     return target
 
@@ -204,7 +210,7 @@ def _plan_into(target: str, dataset: str, name: str, folder: str, configurations
 CASCADE = "3d_cascade_fullres"
 
 
-def _link_cascade(configurations: dict, stock_configurations: dict, dataset_name: str) -> None:
+def _link_cascade(configurations: dict, stock_configurations: dict, dataset_name: str, progress: Progress) -> None:
     """Keep nnU-Net's cascade consistent: with ``3d_lowres`` and ``3d_fullres`` planned, the stock plans'
     ``3d_cascade_fullres`` (the Deconver ``3d_fullres`` fed the ``3d_lowres`` prediction); with ``3d_lowres``
     alone, no ``next_stage`` (nnU-Net's final validation of ``3d_lowres`` would predict for a stage the
@@ -217,10 +223,10 @@ def _link_cascade(configurations: dict, stock_configurations: dict, dataset_name
             cascade.get("inherits_from") == "3d_fullres" and cascade.get("previous_stage") == "3d_lowres":
         configurations[CASCADE] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
         lowres["next_stage"] = CASCADE
-        print(f"{dataset_name} {CASCADE}: the Deconver 3d_fullres fed the 3d_lowres prediction", file=sys.stderr)
+        progress(f"{dataset_name} {CASCADE}: the Deconver 3d_fullres fed the 3d_lowres prediction")
         return
     lowres.pop("next_stage")
-    print(f"{dataset_name} 3d_lowres: no {CASCADE} (plan -c 3d_lowres 3d_fullres for the cascade)", file=sys.stderr)
+    progress(f"{dataset_name} 3d_lowres: no {CASCADE} (plan -c 3d_lowres 3d_fullres for the cascade)")
 
 
 def check_options(gpu_memory_gb, base_channels) -> None:
@@ -233,55 +239,3 @@ def check_options(gpu_memory_gb, base_channels) -> None:
             not 1 <= base_channels <= MAX_BASE_CHANNELS:
         raise PlanError(f"-base_channels must be an integer from 1 to {MAX_BASE_CHANNELS} (the paper: 32 or 64), "
                         f"got {base_channels}")
-
-
-DESCRIPTION = __doc__.split("\n\n")[0]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """nnU-Net's flag style (as ``nnUNetv2_plan_and_preprocess``): options with a value take one dash,
-    switches two."""
-    parser.add_argument("-d", required=True, nargs="+", help="dataset id(s) or name(s)")
-    parser.add_argument("-c", nargs="+", default=["2d", "3d_fullres"], help="configurations (default: 2d 3d_fullres)")
-    parser.add_argument("-gpu_memory_target", type=float, default=8.0,
-                        help="GPU memory in GB to fit training into (default 8, nnU-Net's reference)")
-    parser.add_argument("-kernel", "--kernel", dest="kernel", type=int, choices=sorted(DEFAULT_FRAGMENTS),
-                        help="NDC kernel size (paper: 3 or 5): the fragment deconver_k3 (default) or deconver_k5")
-    parser.add_argument("-fragment", help="a plans fragment: a shipped name (deconver_k3, deconver_k5, deconver_dtc) "
-                                          "or a .json file in the format of plans_overrides/")
-    parser.add_argument("-base_channels", "--base_channels", dest="base_channels", type=int, default=32,
-                        help="C0 in min(C0 * 2^l, 512) (default 32)")
-    parser.add_argument("-source_plans", default="nnUNetPlans", help="the stock plans to start from")
-    parser.add_argument("-overwrite_plans_name", default="nnUNetDeconverPlans", help="name of the plans written")
-    parser.add_argument("--force", action="store_true",
-                        help="replace an existing file of that name that this command did not write")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        if args.kernel is not None and args.fragment is not None:
-            raise PlanError("give -kernel or -fragment, not both (a fragment fixes the kernel)")
-        if args.fragment is not None and not args.fragment.strip():
-            raise PlanError("-fragment is empty: give a shipped fragment's name (deconver_k3, deconver_k5, "
-                            "deconver_dtc) or a .json file, or leave -fragment out for deconver_k3")
-        fragment = args.fragment or DEFAULT_FRAGMENTS[args.kernel or 3]
-        for dataset in args.d:
-            path = plan_dataset(dataset, list(args.c), args.gpu_memory_target, args.base_channels, fragment,
-                                args.source_plans, args.overwrite_plans_name, args.force)
-            print(f"wrote {path}; train with: nnUNetv2_train {dataset} CONFIGURATION FOLD -tr nnUNetTrainerDeconver "
-                  f"-p {args.overwrite_plans_name}")
-    except PlanError as e:
-        print(f"nnUNetv2_deconver_plan: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv=None) -> int:
-    """``nnUNetv2_deconver_plan``, the same as ``nnunetv2_deconver plan``."""
-    parser = argparse.ArgumentParser(prog="nnUNetv2_deconver_plan", description=DESCRIPTION)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

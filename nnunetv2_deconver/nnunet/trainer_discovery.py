@@ -1,10 +1,11 @@
-"""Where the installed trainers are, and the environment lines that make nnU-Net find them."""
+"""Where the installed trainers are, and the environment lines that make nnU-Net find them (printed by
+``nnunetv2_deconver env``, :mod:`nnunetv2_deconver.tools.env`)."""
 import importlib.util
 import os
 import shlex
 from typing import List, Mapping, Optional
 
-__all__ = ["trainers_folder", "export_lines", "make_trainers_findable", "add_arguments", "run"]
+__all__ = ["trainers_folder", "export_lines", "make_trainers_findable"]
 
 
 def trainers_folder() -> str:
@@ -38,12 +39,3 @@ def export_lines(environ: Optional[Mapping[str, str]] = None, folder: Optional[s
         if not environ.get(name):
             lines.append(f"# {name} is not set; nnU-Net needs it too: export {name}=/path/to/{name}")
     return lines
-
-
-def add_arguments(parser) -> None:
-    """``nnunetv2_deconver env`` takes no arguments."""
-
-
-def run(args) -> int:
-    print("\n".join(export_lines()))
-    return 0

@@ -12,14 +12,14 @@ __all__ = ["SUBCOMMANDS", "main"]
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
-    "plan": ("nnunetv2_deconver.nnunet.planner",
+    "plan": ("nnunetv2_deconver.tools.plan",
              "write Deconver plans (nnUNetDeconverPlans.json) beside a dataset's nnUNetPlans.json"),
     "compare": ("nnunetv2_deconver.tools.compare.command",
                 "compare trainers on a dataset: Dice, HD95, Wilcoxon p-values, costs; writes a report folder"),
     "demo": ("nnunetv2_deconver.tools.demo",
              "stock nnU-Net vs Deconver on a synthetic dataset: plan, train, predict, compare"),
     "profile": ("nnunetv2_deconver.tools.profile", "parameters and FLOPs/voxel of the paper's networks vs the paper"),
-    "env": ("nnunetv2_deconver.nnunet.trainer_discovery",
+    "env": ("nnunetv2_deconver.tools.env",
             "print the export lines that let nnUNetv2_train/predict find the Deconver trainers"),
     "dtc-displacement": ("nnunetv2_deconver.tools.dtc_display",
                          "PNG of where the last DTC layer of a trained model samples (DTC paper Fig. 7)"),

@@ -231,7 +231,7 @@ def test_bad_inputs_fail_with_one_clear_message(nnunet_env, monkeypatch, capsys)
     assert proc.returncode != 0 and bad_file in proc.stderr and "patch_size" in proc.stderr
     assert not os.path.exists(_fold_dir(nnunet_env, ISO, "3d_fullres", 0, plans="nnUNetBadPatchPlans"))
     # the planning command's own errors, in this process (the same main() the console script runs)
-    from nnunetv2_deconver.nnunet import planner as planning
+    from nnunetv2_deconver.tools import plan as planning
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):  # nnU-Net reads them at each use
         monkeypatch.setenv(name, nnunet_env[name])
     with open(os.path.join(folder, "nnUNetBadJSON.json"), "w") as f:

@@ -88,8 +88,8 @@ def test_bad_files_geometry_and_labels_are_named(results, capsys):
                                 "case_003.nii.gz"), spacing=(1.0, 1.0, 1.0))
     seg = np.zeros(SHAPE)
     seg[0, 0, 0] = 7
-    validation = base / f"{TRAINERS[0]}__nnUNetPlans__3d_fullres" / "fold_1" / "validation"
-    write_label(seg, str(validation / "case_004.nii.gz"))
+    fold_1 = base / f"{TRAINERS[0]}__nnUNetPlans__3d_fullres" / "fold_1" / "validation"
+    write_label(seg, str(fold_1 / "case_004.nii.gz"))
     (base / f"{TRAINERS[0]}__nnUNetPlans__3d_fullres" / "fold_1" / "validation" / "extra_case.nii.gz").write_bytes(
         (validation / "case_000.nii.gz").read_bytes())
     assert main(["-d", "901", "-o", str(results / "report"), "--no-timing"]) == 1

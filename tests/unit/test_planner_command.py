@@ -7,7 +7,7 @@ import pytest
 
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunetv2_deconver.nnunet import planner
+from nnunetv2_deconver.tools import plan as plan_command
 from nnunetv2_deconver.nnunet.files import exclusive
 
 DATASET = "Dataset996_Casc"
@@ -54,7 +54,7 @@ def _one_error_line(capsys):
 
 def test_lowres_with_fullres_writes_the_cascade_nnunet_validates_into(tmp_path, monkeypatch):
     folder = _stock_plans(tmp_path, monkeypatch)
-    assert planner.main(["-d", DATASET, "-c", "3d_lowres", "3d_fullres"]) == 0
+    assert plan_command.main(["-d", DATASET, "-c", "3d_lowres", "3d_fullres"]) == 0
     plans = json.loads((folder / "nnUNetDeconverPlans.json").read_text())
     manager = PlansManager(plans)
     # what nnU-Net's final validation of 3d_lowres does: load every next stage from the same plans
@@ -68,7 +68,7 @@ def test_lowres_with_fullres_writes_the_cascade_nnunet_validates_into(tmp_path, 
 
 def test_lowres_alone_names_no_stage_the_plans_lack(tmp_path, monkeypatch, capsys):
     folder = _stock_plans(tmp_path, monkeypatch)
-    assert planner.main(["-d", DATASET, "-c", "3d_lowres"]) == 0
+    assert plan_command.main(["-d", DATASET, "-c", "3d_lowres"]) == 0
     manager = PlansManager(json.loads((folder / "nnUNetDeconverPlans.json").read_text()))
     assert manager.get_configuration("3d_lowres").next_stage_names is None
     assert "-c 3d_lowres 3d_fullres" in capsys.readouterr().err
@@ -78,10 +78,10 @@ def test_a_second_planner_on_the_same_plans_name_stops_in_one_line(tmp_path, mon
     folder = _stock_plans(tmp_path, monkeypatch)
     target = folder / "nnUNetDeconverPlans.json"
     with exclusive(str(target)):  # the first run, still writing
-        assert planner.main(["-d", DATASET, "-c", "3d_fullres", "-base_channels", "8"]) == 1
+        assert plan_command.main(["-d", DATASET, "-c", "3d_fullres", "-base_channels", "8"]) == 1
         assert "another process is writing" in _one_error_line(capsys)
         assert not target.exists()
-    assert planner.main(["-d", DATASET, "-c", "3d_fullres"]) == 0  # once it is done
+    assert plan_command.main(["-d", DATASET, "-c", "3d_fullres"]) == 0  # once it is done
     assert sorted(p.name for p in folder.iterdir()) == ["dataset.json", "nnUNetDeconverPlans.json",
                                                          "nnUNetPlans.json"]  # no lock file left behind
 
@@ -97,7 +97,7 @@ def test_a_bad_fragment_option_is_refused_in_one_line(tmp_path, monkeypatch, cap
     if content is not None:
         fragment = str(tmp_path / "holding.json")
         (tmp_path / "holding.json").write_text(content)
-    assert planner.main(["-d", DATASET, "-c", "3d_fullres", "-fragment", fragment]) == 1
+    assert plan_command.main(["-d", DATASET, "-c", "3d_fullres", "-fragment", fragment]) == 1
     assert message in _one_error_line(capsys)
     assert not (folder / "nnUNetDeconverPlans.json").exists()
 
@@ -107,6 +107,6 @@ def test_single_slice_images_with_3d_fullres_are_sent_to_2d(tmp_path, monkeypatc
     plans = json.loads((folder / "nnUNetPlans.json").read_text())
     plans["configurations"] = {"2d": plans["configurations"]["2d"]}  # what nnU-Net plans for one slice
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
-    assert planner.main(["-d", DATASET, "-c", "3d_fullres"]) == 1
+    assert plan_command.main(["-d", DATASET, "-c", "3d_fullres"]) == 1
     line = _one_error_line(capsys)
     assert "single slices" in line and line.endswith("use -c 2d") and "nnUNetv2_plan_and_preprocess" not in line

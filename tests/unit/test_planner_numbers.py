@@ -11,7 +11,7 @@ from torch import nn
 from nnunetv2_deconver import Deconver
 from nnunetv2_deconver.network.compiled_memory import compiled_step_memory
 from nnunetv2_deconver.network.presets import PAPER_PRESETS, paper_network
-from nnunetv2_deconver.nnunet import planner
+from nnunetv2_deconver.tools import plan as plan_command
 from nnunetv2_deconver.nnunet.memory_model import ACTIVATION_BYTES_PER_FEATURE_ELEMENT, WORKSPACE_BYTES
 from nnunetv2_deconver.nnunet.planner import deconver_configuration
 
@@ -140,7 +140,7 @@ def test_2d_plan_through_the_command(tmp_path, monkeypatch, capsys):
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps(dataset))
     # a target large enough that nnU-Net's dataset cap, not memory, sets the batch
-    assert planner.main(["-d", "Dataset997_Flat", "-c", "2d", "-gpu_memory_target", "40"]) == 0
+    assert plan_command.main(["-d", "Dataset997_Flat", "-c", "2d", "-gpu_memory_target", "40"]) == 0
     written = json.loads((folder / "nnUNetDeconverPlans.json").read_text())["configurations"]["2d"]
     arch = written["architecture"]
     assert arch["network_class_name"] == "nnunetv2_deconver.network.Deconver"
