@@ -11,7 +11,8 @@ previous run of the demo in the same ``--output`` already finished it (so a re-r
 5. :func:`nnunetv2_deconver.tools.compare.compare` on those predictions against their labels.
 
 The demo sets ``nnUNet_raw``, ``nnUNet_preprocessed``, ``nnUNet_results`` and ``nnUNet_extTrainer``
-for its subprocesses itself, under ``--output``.
+for its subprocesses itself, under ``--output``, and gives the comparison the same folders; its own
+process's environment is left as it is.
 """
 import argparse
 import os
@@ -20,14 +21,18 @@ import subprocess
 import sys
 import time
 from collections import deque
-from typing import List
+from dataclasses import dataclass
+from typing import Dict, List
 
 from nnunetv2_deconver.nnunet.files import load_json, write_json_atomic
 from nnunetv2_deconver.nnunet.trainer_discovery import trainers_folder
 from nnunetv2_deconver.nnunet.trainer_mixins import (DEFAULT_EPOCHS, DEFAULT_ITERATIONS, EPOCHS_VARIABLE,
-                                           ITERATIONS_VARIABLE)
+                                                     ITERATIONS_VARIABLE)
+from nnunetv2_deconver.tools.compare.records import Comparison, NnunetFolders
+from nnunetv2_deconver.tools.compare.report import render_table
 
-__all__ = ["run_demo", "check_output", "DemoOutputError", "add_arguments", "DATASET_ID", "DATASET_NAME", "TRAINERS"]
+__all__ = ["run_demo", "DemoResult", "check_output", "DemoOutputError", "add_arguments", "DATASET_ID",
+           "DATASET_NAME", "TRAINERS"]
 
 DATASET_ID = 990
 DATASET_NAME = f"Dataset{DATASET_ID}_DeconverDemo"
@@ -123,108 +128,146 @@ def _device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+@dataclass
+class DemoResult:
+    """What the demo prints: the comparison, each trainer's prediction time and the demo's wall time."""
+    comparison: Comparison
+    predict_seconds: Dict[str, float]  # trainer -> seconds of nnUNetv2_predict on the held-out cases
+    wall_seconds: float
+
+
+@dataclass
+class _Demo:
+    """One demo folder: where things go, the budget, the nnU-Net environment of the subprocesses, and the
+    state that records each finished step (``demo_state.json``)."""
+    output: str
+    device: str
+    budget: dict  # {"epochs": E, "iterations": I}, as the state records it
+    env: dict
+    state: dict
+    clock: _Clock
+
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.output, *parts)
+
+    def nnunet(self, base: str, *parts: str) -> str:
+        """``base`` (nnUNet_raw, nnUNet_preprocessed or nnUNet_results) of the demo's dataset."""
+        return os.path.join(self.env[base], DATASET_NAME, *parts)
+
+    def save(self) -> None:
+        write_json_atomic(self.state, self.path(STATE_FILE))
+
+
 def run_demo(output: str, device: str = "auto", epochs: int = DEFAULT_EPOCHS, iterations: int = DEFAULT_ITERATIONS,
-             n_train: int = 9, n_test: int = 3, size: int = 128, seed: int = 0) -> dict:
-    """Run (or resume) the demo under ``output``; returns the comparison summary."""
+             n_train: int = 9, n_test: int = 3, size: int = 128, seed: int = 0) -> DemoResult:
+    """Run (or resume) the demo under ``output``; returns the comparison and the times."""
     clock = _Clock()
     output = os.path.abspath(output)
     check_output(output)
     os.makedirs(output, exist_ok=True)
     device = _device(device)
-    env = _environment(output, epochs, iterations)
-    logs = os.path.join(output, "logs")
-    state_path = os.path.join(output, STATE_FILE)
-    state = load_json(state_path) or {}
-    write_json_atomic(state, state_path)  # first: this folder is the demo's from now on, also if step 1 is cut
-    data_spec = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed, "dimension": 2}
-    budget = {"epochs": epochs, "iterations": iterations}
+    demo = _Demo(output, device, {"epochs": epochs, "iterations": iterations},
+                 _environment(output, epochs, iterations), load_json(os.path.join(output, STATE_FILE)) or {}, clock)
+    demo.save()  # first: this folder is the demo's from now on, also if step 1 is cut
     clock.say(f"output {output}, device {device}, budget {epochs} epochs x {iterations} iterations, "
               f"{n_train} training and {n_test} held-out 2D cases of {size}x{size} pixels")
-
-    raw_dataset = os.path.join(env["nnUNet_raw"], DATASET_NAME)
-    images_test, labels_test = os.path.join(raw_dataset, "imagesTs"), os.path.join(raw_dataset, "labelsTs")
-    if state.get("data") != data_spec:
-        clock.say("1/5 writing the synthetic dataset ...")
-        # a different dataset invalidates everything derived from it
-        for base in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-            shutil.rmtree(os.path.join(env[base], DATASET_NAME), ignore_errors=True)
-        shutil.rmtree(os.path.join(output, "predictions"), ignore_errors=True)
-        state = {}
-        from nnunetv2_deconver.tools.synthetic import write_dataset
-        write_dataset(env["nnUNet_raw"], DATASET_NAME, n_train, n_test, (size, size), seed=seed)
-        state["data"] = data_spec
-        write_json_atomic(state, state_path)
-    else:
-        clock.say("1/5 synthetic dataset: already written")
-
-    if not state.get("preprocessed"):
-        clock.say("2/5 nnUNetv2_plan_and_preprocess ...")
-        _run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "1",
-              "-npfp", "1", "--verify_dataset_integrity"], env, os.path.join(logs, "plan_and_preprocess.log"), clock)
-        state["preprocessed"] = True
-        write_json_atomic(state, state_path)
-    else:
-        clock.say("2/5 plan and preprocess: already done")
-
-    train_env = dict(env, nnUNet_n_proc_DA="0")  # augmentation in the main process: no worker start-up cost
-    trained = state.setdefault("trained", {})
+    _write_data(demo, {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed, "dimension": 2})
+    _plan_and_preprocess(demo)
     for index, trainer in enumerate(TRAINERS, 1):
-        fold_folder = os.path.join(env["nnUNet_results"], DATASET_NAME, f"{trainer}__{PLANS}__{CONFIGURATION}",
-                                   "fold_0")
-        if trained.get(trainer) == budget and os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")):
-            clock.say(f"3/5 training {trainer}: already done")
-            continue
-        if trained.get(trainer) not in (None, budget) or (trained.get(trainer) is None and
-                                                          os.path.isfile(os.path.join(fold_folder,
-                                                                                      "checkpoint_final.pth"))):
-            shutil.rmtree(os.path.dirname(fold_folder), ignore_errors=True)  # another budget: start over
-            shutil.rmtree(os.path.join(output, "predictions", trainer), ignore_errors=True)
-        resume = os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth"))
-        clock.say(f"3/5 training {trainer} ({index}/{len(TRAINERS)}), fold 0"
-                  + (", continuing from its last checkpoint" if resume else "") + " ...")
-        trained[trainer] = None
-        write_json_atomic(state, state_path)
-        _run(["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr", trainer, "-device", device]
-             + (["--c"] if resume else []), train_env, os.path.join(logs, f"train_{trainer}.log"), clock,
-             show=lambda line: "Epoch time" in line or "train_loss" in line or "Pseudo dice" in line)
-        trained[trainer] = budget
-        write_json_atomic(state, state_path)
-
-    predicted = state.setdefault("predicted", {})
+        _train(demo, index, trainer)
     for trainer in TRAINERS:
-        folder = os.path.join(output, "predictions", trainer)
-        if predicted.get(trainer) == budget and os.path.isdir(folder):
-            clock.say(f"4/5 predicting held-out cases with {trainer}: already done")
-            continue
-        clock.say(f"4/5 nnUNetv2_predict held-out cases with {trainer} ...")
-        shutil.rmtree(folder, ignore_errors=True)
-        start = time.perf_counter()
-        _run(["nnUNetv2_predict", "-i", images_test, "-o", folder, "-d", str(DATASET_ID), "-c", CONFIGURATION,
-              "-tr", trainer, "-f", "0", "-device", device, "-npp", "1", "-nps", "1"],
-             env, os.path.join(logs, f"predict_{trainer}.log"), clock)
-        predicted[trainer] = budget
-        state.setdefault("predict_seconds", {})[trainer] = time.perf_counter() - start
-        write_json_atomic(state, state_path)
+        _predict(demo, trainer)
+    comparison = _compare(demo)
+    return DemoResult(comparison, demo.state.get("predict_seconds", {}), time.perf_counter() - clock.start)
 
-    clock.say("5/5 comparing ...")
+
+def _write_data(demo: _Demo, data_spec: dict) -> None:
+    """Step 1: the synthetic dataset; a different one invalidates everything derived from it."""
+    if demo.state.get("data") == data_spec:
+        demo.clock.say("1/5 synthetic dataset: already written")
+        return
+    demo.clock.say("1/5 writing the synthetic dataset ...")
+    for base in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        shutil.rmtree(demo.nnunet(base), ignore_errors=True)
+    shutil.rmtree(demo.path("predictions"), ignore_errors=True)
+    demo.state.clear()
+    from nnunetv2_deconver.tools.synthetic import write_dataset
+    write_dataset(demo.env["nnUNet_raw"], DATASET_NAME, data_spec["n_train"], data_spec["n_test"],
+                  (data_spec["size"], data_spec["size"]), seed=data_spec["seed"])
+    demo.state["data"] = data_spec
+    demo.save()
+
+
+def _plan_and_preprocess(demo: _Demo) -> None:
+    """Step 2: nnU-Net's planning and preprocessing of the 2d configuration."""
+    if demo.state.get("preprocessed"):
+        demo.clock.say("2/5 plan and preprocess: already done")
+        return
+    demo.clock.say("2/5 nnUNetv2_plan_and_preprocess ...")
+    _run(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", CONFIGURATION, "-np", "1",
+          "-npfp", "1", "--verify_dataset_integrity"], demo.env, demo.path("logs", "plan_and_preprocess.log"),
+         demo.clock)
+    demo.state["preprocessed"] = True
+    demo.save()
+
+
+def _another_model(recorded, budget: dict, finished: bool) -> bool:
+    """Whether the trainer's folder holds a model the demo must not continue: one of another budget, or a
+    finished one the state does not know (the state records None while a training runs)."""
+    return recorded not in (None, budget) or (recorded is None and finished)
+
+
+def _train(demo: _Demo, index: int, trainer: str) -> None:
+    """Step 3: fold 0 of ``trainer`` at the budget, continued from its last checkpoint if interrupted."""
+    fold_folder = demo.nnunet("nnUNet_results", f"{trainer}__{PLANS}__{CONFIGURATION}", "fold_0")
+    trained = demo.state.setdefault("trained", {})
+    finished = os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth"))
+    if trained.get(trainer) == demo.budget and finished:
+        demo.clock.say(f"3/5 training {trainer}: already done")
+        return
+    if _another_model(trained.get(trainer), demo.budget, finished):
+        shutil.rmtree(os.path.dirname(fold_folder), ignore_errors=True)  # start over
+        shutil.rmtree(demo.path("predictions", trainer), ignore_errors=True)
+    resume = os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth"))
+    demo.clock.say(f"3/5 training {trainer} ({index}/{len(TRAINERS)}), fold 0"
+                   + (", continuing from its last checkpoint" if resume else "") + " ...")
+    trained[trainer] = None
+    demo.save()
+    train_env = dict(demo.env, nnUNet_n_proc_DA="0")  # augmentation in the main process: no worker start-up cost
+    _run(["nnUNetv2_train", str(DATASET_ID), CONFIGURATION, "0", "-tr", trainer, "-device", demo.device]
+         + (["--c"] if resume else []), train_env, demo.path("logs", f"train_{trainer}.log"), demo.clock,
+         show=lambda line: "Epoch time" in line or "train_loss" in line or "Pseudo dice" in line)
+    trained[trainer] = demo.budget
+    demo.save()
+
+
+def _predict(demo: _Demo, trainer: str) -> None:
+    """Step 4: ``trainer``'s predictions of the held-out cases, timed."""
+    folder = demo.path("predictions", trainer)
+    predicted = demo.state.setdefault("predicted", {})
+    if predicted.get(trainer) == demo.budget and os.path.isdir(folder):
+        demo.clock.say(f"4/5 predicting held-out cases with {trainer}: already done")
+        return
+    demo.clock.say(f"4/5 nnUNetv2_predict held-out cases with {trainer} ...")
+    shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    _run(["nnUNetv2_predict", "-i", demo.nnunet("nnUNet_raw", "imagesTs"), "-o", folder, "-d", str(DATASET_ID),
+          "-c", CONFIGURATION, "-tr", trainer, "-f", "0", "-device", demo.device, "-npp", "1", "-nps", "1"],
+         demo.env, demo.path("logs", f"predict_{trainer}.log"), demo.clock)
+    predicted[trainer] = demo.budget
+    demo.state.setdefault("predict_seconds", {})[trainer] = time.perf_counter() - start
+    demo.save()
+
+
+def _compare(demo: _Demo) -> Comparison:
+    """Step 5: the comparison of the predictions against the held-out labels, with the demo's folders."""
+    demo.clock.say("5/5 comparing ...")
     from nnunetv2_deconver.tools.compare import compare
-    saved = {k: os.environ.get(k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results",
-                                            "nnUNet_extTrainer")}
-    os.environ.update({k: env[k] for k in saved})
-    try:
-        summary = compare(str(DATASET_ID), CONFIGURATION, os.path.join(output, "report"), TRAINERS, (PLANS,),
-                          prediction_folders=[os.path.join(output, "predictions", t) for t in TRAINERS],
-                          labels_folder=labels_test, images_folder=images_test, timing_device=device)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-    seconds = time.perf_counter() - clock.start
-    summary["wall_seconds"] = seconds
-    summary["predict_seconds"] = state.get("predict_seconds", {})
-    return summary
+    return compare(str(DATASET_ID), CONFIGURATION, demo.path("report"), TRAINERS, (PLANS,),
+                   prediction_folders=[demo.path("predictions", t) for t in TRAINERS],
+                   labels_folder=demo.nnunet("nnUNet_raw", "labelsTs"),
+                   images_folder=demo.nnunet("nnUNet_raw", "imagesTs"), timing_device=demo.device,
+                   folders=NnunetFolders.from_environment(demo.env))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -250,8 +293,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     n_test = max(2, args.cases // 4)
     try:
-        summary = run_demo(args.output, args.device, args.epochs, args.iterations, args.cases - n_test, n_test,
-                           args.size)
+        result = run_demo(args.output, args.device, args.epochs, args.iterations, args.cases - n_test, n_test,
+                          args.size)
     except DemoOutputError as error:  # nothing was written: no resuming to advise
         print(f"nnunetv2_deconver demo: error: {error}", file=sys.stderr)
         return 2
@@ -260,10 +303,10 @@ def run(args: argparse.Namespace) -> int:
         print("re-run the same command to resume from the last finished step", file=sys.stderr)
         return 1
     print()
-    print(summary["table"])
+    print(render_table(result.comparison))
     print()
     print("nnUNetv2_predict wall time on the held-out cases: " +
-          ", ".join(f"{t} {s:.1f} s" for t, s in summary["predict_seconds"].items()))
-    print(f"demo wall time: {summary['wall_seconds'] / 60:.1f} min")
+          ", ".join(f"{t} {s:.1f} s" for t, s in result.predict_seconds.items()))
+    print(f"demo wall time: {result.wall_seconds / 60:.1f} min")
     print(f"report: {os.path.join(os.path.abspath(args.output), 'report', 'summary.md')}")
     return 0

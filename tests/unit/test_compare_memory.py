@@ -5,6 +5,7 @@ import torch
 from nnunetv2_deconver.nnunet.trainer_mixins import PeakGPUMemoryLog
 from nnunetv2_deconver.tools.compare import main
 from nnunetv2_deconver.tools.compare.costs import training_log_costs
+from nnunetv2_deconver.tools.compare.records import TrainingLogCosts
 
 from helpers.compare_results import DATASET, TRAINERS
 
@@ -62,11 +63,11 @@ def test_training_log_parsing(tmp_path):
                      "2025-01-01 00:00:02.0: Peak GPU memory: 1200 MiB\n2025-01-01: Epoch time: 20.0 s\n")
     log_b.write_text("2025-01-01 00:00:01.0: Peak GPU memory: 1536 MiB\n2025-01-01: Epoch time: 30.0 s\n")
     costs = training_log_costs([str(log_a), str(log_b)])
-    assert costs == {"epoch_seconds": pytest.approx((10 + 20 + 30) / 3), "epochs": 2, "peak_gpu_mib": 1536.0}
+    assert costs == TrainingLogCosts(epoch_seconds=pytest.approx((10 + 20 + 30) / 3), epochs=2, peak_gpu_mib=1536.0)
     log_c = tmp_path / "c.txt"
     log_c.write_text("2025-01-01: Epoch time: 5.0 s\n")
-    assert training_log_costs([str(log_c)])["peak_gpu_mib"] is None
-    assert training_log_costs([]) == {"epoch_seconds": None, "epochs": None, "peak_gpu_mib": None}
+    assert training_log_costs([str(log_c)]).peak_gpu_mib is None
+    assert training_log_costs([]) == TrainingLogCosts(epoch_seconds=None, epochs=None, peak_gpu_mib=None)
 
 
 def test_report_shows_peak_memory_beside_seconds_per_epoch(results, capsys):

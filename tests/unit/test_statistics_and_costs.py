@@ -152,13 +152,13 @@ def _hand_count():
     return params, macs + macs_update, macs
 
 
-def test_deconver_cost_row_matches_the_hand_count(monkeypatch):
-    monkeypatch.setenv("nnUNet_extTrainer", TRAINERS_FOLDER)  # the row builds the network through the trainer
+def test_deconver_cost_row_matches_the_hand_count():
     params, macs_all, macs_paper_style = _hand_count()
-    cost = measure_run_cost(_run(), "3d_fullres", timing_device=None)
-    assert cost["notes"] == []
+    # the row builds the network through the trainer, found in the trainer folders given
+    cost = measure_run_cost(_run(), "3d_fullres", None, (TRAINERS_FOLDER,))
+    assert cost.notes == []
     voxels = math.prod(PATCH)
-    assert cost["parameters"] == params
-    assert cost["flops_per_voxel"] == pytest.approx(2 * macs_all / voxels, rel=1e-12)
-    assert cost["paper_style_flops_per_voxel"] == pytest.approx(2 * macs_paper_style / voxels, rel=1e-12)
-    assert tuple(cost["patch_size"]) == tuple(PATCH)
+    assert cost.parameters == params
+    assert cost.flops_per_voxel == pytest.approx(2 * macs_all / voxels, rel=1e-12)
+    assert cost.paper_style_flops_per_voxel == pytest.approx(2 * macs_paper_style / voxels, rel=1e-12)
+    assert tuple(cost.patch_size) == tuple(PATCH)

@@ -15,7 +15,8 @@ import os
 import shutil
 import sys
 import warnings
-from typing import List, Optional, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -23,13 +24,16 @@ from nnunetv2_deconver.tools.compare import plots as compare_plots
 from nnunetv2_deconver.tools.compare.costs import measure_run_cost
 from nnunetv2_deconver.tools.compare.label_files import LabelFileError, check_image, read_label_map
 from nnunetv2_deconver.tools.compare.publish import foreign_entries, publish, remove_leftovers, staging_folder
+from nnunetv2_deconver.tools.compare.records import Comparison, NnunetFolders, ProblemKind, Problems, Run
 from nnunetv2_deconver.tools.compare.report import render_markdown, render_table, write_csv
-from nnunetv2_deconver.tools.compare.runs import (CompareError, Run, cases_in, check_cases, check_labels, find_image,
+from nnunetv2_deconver.tools.compare.runs import (CompareError, cases_in, check_cases, check_labels, find_image,
                                                   find_runs, fold_of_cases, log, reference_folder)
-from nnunetv2_deconver.tools.compare.scoring import label_keys, reader_for, score_cases
+from nnunetv2_deconver.tools.compare.scoring import CaseScores, label_keys, reader_for, score_cases
 from nnunetv2_deconver.tools.compare.statistics import class_statistics, foreground_dice
+from nnunetv2_deconver.tools.metrics import LabelOrRegion
 
-__all__ = ["CompareError", "Run", "compare", "main", "DESCRIPTION", "add_arguments", "run"]
+__all__ = ["CompareError", "Run", "Comparison", "NnunetFolders", "compare", "main", "DESCRIPTION", "add_arguments",
+           "run"]
 
 DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerDeconver")
 DESCRIPTION = ("Compare nnU-Net trainers (default: stock nnUNetTrainer vs nnUNetTrainerDeconver) on one dataset: "
@@ -65,81 +69,132 @@ def compare(dataset: Optional[str], configuration: str, output: str,
             trainers: Sequence[str] = DEFAULT_TRAINERS, plans: Sequence[str] = ("nnUNetPlans",),
             folds: Optional[Sequence[str]] = None, prediction_folders: Optional[Sequence[str]] = None,
             labels_folder: Optional[str] = None, images_folder: Optional[str] = None, partial: bool = False,
-            timing_device: Optional[str] = "cpu") -> dict:
-    """Score, compare and report; returns the summary as a dict. Raises :class:`CompareError` on bad
-    input, after writing the report on the usable cases when ``partial`` is set."""
+            timing_device: Optional[str] = "cpu", folders: NnunetFolders = NnunetFolders()) -> Comparison:
+    """Score, compare and report; returns the comparison. ``folders``: the nnU-Net folders to read (none by
+    default: then only predictions folders and a labels folder). Raises :class:`CompareError` on bad input,
+    after writing the report on the usable cases when ``partial`` is set."""
     _output_parent(output)
-    problems: List[str] = []
+    problems = Problems()
+    found = _inputs(dataset, configuration, trainers, plans, folds, prediction_folders, labels_folder, folders,
+                    partial, problems)
+    scores, usable = score_cases(found.runs, found.cases, found.references, found.keys, found.ignore_label,
+                                 problems)
+    if not usable:
+        problems.add("no case is usable: nothing to compare, no report written")
+        raise CompareError(problems.lines)
+    worst = _worst_case(found, scores, usable, images_folder, folders, problems)
+    _stop_unless_partial(problems, partial)
+    _measure_costs(found.runs, configuration, timing_device, folders.trainers)
+    run_names = [r.name for r in found.runs]
+    comparison = Comparison(
+        found.dataset_name, configuration, found.folds, found.references_folder, usable, found.runs, found.keys,
+        found.names, class_statistics(run_names, usable, found.keys, found.names, scores),
+        foreground_dice(run_names, usable, found.keys, scores), worst.case, problems.lines, timing_device,
+        {name: os.path.join(output, name) for name in PLOTS})
+    _write_report(output, comparison, scores, worst)
+    if problems:
+        raise CompareError(problems.lines, report=os.path.join(output, "summary.md"))
+    return comparison
+
+
+@dataclass
+class _Inputs:
+    """What the comparison reads, checked: the runs and their predictions, the reference labels, the cases
+    every run predicted, and the dataset's classes."""
+    runs: List[Run]
+    dataset_name: Optional[str]
+    folds: List[str]
+    references_folder: str
+    references: Dict[str, str]  # case id -> reference label file
+    cases: List[str]
+    keys: List[LabelOrRegion]
+    names: Dict[LabelOrRegion, str]
+    ignore_label: Optional[int]
+
+
+def _stop_unless_partial(problems: Problems, partial: bool) -> None:
+    if problems and not partial:
+        raise CompareError(problems.lines)
+
+
+def _inputs(dataset: Optional[str], configuration: str, trainers: Sequence[str], plans: Sequence[str],
+            folds: Optional[Sequence[str]], prediction_folders: Optional[Sequence[str]],
+            labels_folder: Optional[str], folders: NnunetFolders, partial: bool, problems: Problems) -> _Inputs:
+    """Find and check the runs, the labels and the cases; stop at differing label sets, and (unless
+    ``partial``) at any problem."""
     runs, dataset_name, folds = find_runs(dataset, configuration, trainers, plans, folds, prediction_folders,
-                                          problems)
+                                          folders, problems)
     check_labels(runs, problems)
-    if any(p.startswith("label sets differ") for p in problems) and not partial:
-        raise CompareError(problems)
-    references_folder = reference_folder(dataset_name, labels_folder)
-    file_ending = runs[0].dataset_json["file_ending"]
-    references = cases_in(references_folder, file_ending)
+    if ProblemKind.LABEL_SETS in problems.kinds and not partial:
+        raise CompareError(problems.lines)
+    references_folder = reference_folder(dataset_name, labels_folder, folders)
+    references = cases_in(references_folder, runs[0].dataset_json["file_ending"])
     cases = check_cases(runs, references, problems)
     keys, names, ignore_label = label_keys(runs[0].dataset_json)
-    if problems and not partial:
-        raise CompareError(problems)
+    _stop_unless_partial(problems, partial)
+    return _Inputs(runs, dataset_name, folds, references_folder, references, cases, keys, names, ignore_label)
 
-    per_run_case, usable = score_cases(runs, cases, references, keys, ignore_label, problems)
-    if not usable:
-        problems.append("no case is usable: nothing to compare, no report written")
-        raise CompareError(problems)
-    worst = min(usable, key=lambda c: np.mean([per_run_case[r.name][c][k][0] for r in runs for k in keys]))
-    reader = reader_for(runs[0].dataset_json, references[worst])
-    image = find_image(worst, dataset_name, images_folder, file_ending)
+
+@dataclass
+class _WorstCase:
+    """The case the runs score worst on, for the picture: nnU-Net's reader, the reference, the image if any."""
+    case: str
+    reader: object
+    reference: str
+    image: Optional[str]
+
+
+def _worst_case(found: _Inputs, scores: CaseScores, usable: List[str], images_folder: Optional[str],
+                folders: NnunetFolders, problems: Problems) -> _WorstCase:
+    """The usable case of the lowest Dice averaged over runs and classes, and its image where it matches."""
+    worst = min(usable, key=lambda c: np.mean([scores[r.name][c][k][0] for r in found.runs for k in found.keys]))
+    reader = reader_for(found.runs[0].dataset_json, found.references[worst])
+    image = find_image(worst, found.dataset_name, images_folder, found.runs[0].dataset_json["file_ending"], folders)
     if image:
         try:
-            check_image(reader, image, read_label_map(reader, references[worst]))
+            check_image(reader, image, read_label_map(reader, found.references[worst]))
         except LabelFileError as error:
-            problems.append(f"case {worst}: image {image} for the worst-case picture {error} (or give another "
-                            f"images folder with -images)")
+            problems.add(f"case {worst}: image {image} for the worst-case picture {error} (or give another "
+                         f"images folder with -images)")
             image = None
-    if problems and not partial:
-        raise CompareError(problems)
+    return _WorstCase(worst, reader, found.references[worst], image)
 
+
+def _measure_costs(runs: List[Run], configuration: str, timing_device: Optional[str],
+                   trainer_folders: Sequence[str]) -> None:
     for run in runs:
         log(f"[compare] costs of {run.name} ...")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecation notes of torch.jit from nnU-Net's imports
-            run.cost = measure_run_cost(run, configuration, timing_device)
+            run.cost = measure_run_cost(run, configuration, timing_device, trainer_folders)
 
-    fold_of = {run.name: fold_of_cases(run, folds) for run in runs}  # the fold whose prediction was scored
-    rows = [{"run": run.name, "trainer": run.trainer, "plans": run.plans, "fold": fold_of[run.name].get(case, ""),
-             "case": case, "class": names[key], "label_or_region": str(key),
-             "dice": per_run_case[run.name][case][key][0], "hd95_mm": per_run_case[run.name][case][key][1]}
-            for run in runs for case in usable for key in keys]
-    run_names = [r.name for r in runs]
-    stats = class_statistics(run_names, usable, keys, names, per_run_case)
-    foreground = foreground_dice(run_names, usable, keys, per_run_case)
-    summary = {"dataset": dataset_name, "configuration": configuration, "folds": folds,
-               "reference_folder": references_folder, "cases": usable, "runs": runs, "stats": stats,
-               "keys": keys, "names": names, "foreground_dice": foreground, "worst_case": worst,
-               "problems": problems, "timing_device": timing_device,
-               "plots": {name: os.path.join(output, name) for name in PLOTS}}
 
-    # the report is written into a folder beside -o, then put in place as a whole (compare.publish)
+def _case_rows(comparison: Comparison, scores: CaseScores) -> List[dict]:
+    """``per_case.csv``'s rows: run, case and class, with the fold whose prediction was scored."""
+    fold_of = {run.name: fold_of_cases(run, comparison.folds) for run in comparison.runs}
+    return [{"run": run.name, "trainer": run.trainer, "plans": run.plans, "fold": fold_of[run.name].get(case, ""),
+             "case": case, "class": comparison.names[key], "label_or_region": str(key),
+             "dice": scores[run.name][case][key][0], "hd95_mm": scores[run.name][case][key][1]}
+            for run in comparison.runs for case in comparison.cases for key in comparison.keys]
+
+
+def _write_report(output: str, comparison: Comparison, scores: CaseScores, worst: _WorstCase) -> None:
+    """The report, written into a folder beside ``output``, then put in place as a whole (compare.publish)."""
+    runs, cases, keys, names = comparison.runs, comparison.cases, comparison.keys, comparison.names
     staging = staging_folder(output)
     try:
-        write_csv(os.path.join(staging, "per_case.csv"), rows)
+        write_csv(os.path.join(staging, "per_case.csv"), _case_rows(comparison, scores))
         log("[compare] plotting ...")
-        compare_plots.dice_per_case(os.path.join(staging, "dice_per_case.png"), runs, usable, keys, names,
-                                    per_run_case)
-        compare_plots.dice_vs_flops(os.path.join(staging, "dice_vs_flops.png"), runs, foreground)
-        compare_plots.worst_case(os.path.join(staging, "worst_case.png"), worst, reader, references[worst], image,
-                                 {r.name: r.predictions[worst] for r in runs}, keys, names,
-                                 {r.name: per_run_case[r.name][worst] for r in runs})
+        compare_plots.dice_per_case(os.path.join(staging, "dice_per_case.png"), runs, cases, keys, names, scores)
+        compare_plots.dice_vs_flops(os.path.join(staging, "dice_vs_flops.png"), runs, comparison.foreground_dice)
+        compare_plots.worst_case(os.path.join(staging, "worst_case.png"), worst.case, worst.reader, worst.reference,
+                                 worst.image, {r.name: r.predictions[worst.case] for r in runs}, keys, names,
+                                 {r.name: scores[r.name][worst.case] for r in runs})
         with open(os.path.join(staging, "summary.md"), "w") as f:
-            f.write(render_markdown(summary))
+            f.write(render_markdown(comparison))
         publish(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    summary["table"] = render_table(summary)
-    if problems:
-        raise CompareError(problems, report=os.path.join(output, "summary.md"))
-    return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -169,16 +224,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        summary = compare(args.dataset, args.configuration, args.output, args.trainers, args.plans, args.folds,
-                          args.predictions, args.labels, args.images, args.partial,
-                          None if args.no_timing else args.device)
+        comparison = compare(args.dataset, args.configuration, args.output, args.trainers, args.plans, args.folds,
+                             args.predictions, args.labels, args.images, args.partial,
+                             None if args.no_timing else args.device, NnunetFolders.from_environment())
     except CompareError as error:
         for problem in error.problems:
             print(f"nnUNetv2_deconver_compare: error: {problem}", file=sys.stderr)
         if error.report:
             print(f"partial report (usable cases only): {error.report}", file=sys.stderr)
         return 1
-    print(summary["table"])
+    print(render_table(comparison))
     print(f"\nreport: {os.path.join(os.path.abspath(args.output), 'summary.md')}")
     return 0
 

@@ -38,10 +38,10 @@ def dice_per_case(path: str, runs, cases: Sequence[str], keys, names, per_run_ca
 def dice_vs_flops(path: str, runs, foreground_dice: Dict[str, float]) -> str:
     """Mean foreground Dice against FLOPs per voxel (cf. the paper's Fig. 3), marker area ~ parameters."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    params = [r.cost.get("parameters") or 0 for r in runs]
+    params = [r.cost.parameters or 0 for r in runs]
     biggest = max(params) or 1
     for i, run in enumerate(runs):
-        flops = run.cost.get("flops_per_voxel")
+        flops = run.cost.flops_per_voxel
         if flops is None:
             continue
         size = 40 + 400 * (params[i] / biggest)

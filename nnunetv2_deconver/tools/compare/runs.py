@@ -7,10 +7,10 @@ given on the command line.
 import glob
 import os
 import sys
-from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunetv2_deconver.nnunet.files import load_json
+from nnunetv2_deconver.tools.compare.records import NnunetFolders, ProblemKind, Problems, Run
 
 __all__ = ["CompareError", "Run", "log", "find_runs", "reference_folder", "cases_in", "check_cases",
            "check_labels", "fold_of_cases", "find_image", "dataset_name_of", "short_list", "read_dataset_json",
@@ -27,33 +27,19 @@ class CompareError(Exception):
         self.report = report
 
 
-@dataclass
-class Run:
-    """One trainer/plans pair: where its predictions are and what it costs."""
-    name: str
-    trainer: str
-    plans: str
-    results_folder: Optional[str]  # nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIG, if known
-    predictions: Dict[str, str] = field(default_factory=dict)  # case id -> file
-    dataset_json: Optional[dict] = None
-    plans_json: Optional[dict] = None
-    cost: dict = field(default_factory=dict)
-
-
 def log(message: str) -> None:
     """A progress line on stderr, so that stdout holds only the report table."""
     print(message, file=sys.stderr, flush=True)
 
 
-def dataset_name_of(dataset: str) -> str:
+def dataset_name_of(dataset: str, folders: NnunetFolders) -> str:
     """``DatasetXXX_Name`` from a name or a numeric id, searched in nnU-Net's three folders."""
     if dataset.startswith("Dataset"):
         return dataset
     if not dataset.isdigit():
         raise CompareError([f"dataset '{dataset}' is neither an id nor a DatasetXXX_Name"])
     prefix = f"Dataset{int(dataset):03d}_"
-    for variable in ("nnUNet_results", "nnUNet_preprocessed", "nnUNet_raw"):
-        base = os.environ.get(variable)
+    for base in (folders.results, folders.preprocessed, folders.raw):
         if base and os.path.isdir(base):
             hits = sorted(d for d in os.listdir(base) if d.startswith(prefix))
             if hits:
@@ -132,16 +118,39 @@ def read_plans_json(run_name: str, folders: Sequence[str], configuration: str) -
 
 
 def find_runs(dataset: Optional[str], configuration: str, trainers: Sequence[str], plans: Sequence[str],
-              folds: Optional[Sequence[str]], prediction_folders: Optional[Sequence[str]],
-              problems: List[str]) -> Tuple[List[Run], Optional[str], List[str]]:
-    """The runs to compare, the dataset name, and the folds read; problems are appended to ``problems``."""
+              folds: Optional[Sequence[str]], prediction_folders: Optional[Sequence[str]], folders: NnunetFolders,
+              problems: Problems) -> Tuple[List[Run], Optional[str], List[str]]:
+    """The runs to compare, the dataset name, and the folds read; problems are added to ``problems``."""
     if len(plans) not in (1, len(trainers)):
         raise CompareError([f"give one plans identifier or one per trainer ({len(trainers)}), not {len(plans)}"])
     plans = list(plans) * len(trainers) if len(plans) == 1 else list(plans)
     if len(trainers) < 2:
         raise CompareError(["give at least two trainers to compare"])
-    dataset_name = dataset_name_of(dataset) if dataset is not None else None
-    results_base = os.environ.get("nnUNet_results")
+    dataset_name = dataset_name_of(dataset, folders) if dataset is not None else None
+    runs = _named_runs(trainers, plans, configuration, dataset_name, folders.results)
+    if prediction_folders:
+        _read_prediction_folders(runs, prediction_folders, configuration, problems)
+        return runs, dataset_name, []
+    if dataset_name is None:
+        raise CompareError(["give a dataset (-d) or predictions folders (-i)"])
+    if not folders.results:
+        raise CompareError(["nnUNet_results is not set; set it or give predictions folders with -i"])
+    missing = [f"{r.name}: no results folder {r.trainer}__{r.plans}__{configuration} in "
+               f"{os.path.join(folders.results, dataset_name)}" for r in runs if r.results_folder is None]
+    if missing:
+        raise CompareError(missing)
+    folds = _folds_found(runs) if folds is None else list(folds)
+    for run in runs:
+        run.dataset_json = read_dataset_json(run.name, [run.results_folder])
+        run.plans_json = read_plans_json(run.name, [run.results_folder], configuration)
+        _read_folds(run, folds, problems)
+    return runs, dataset_name, folds
+
+
+def _named_runs(trainers: Sequence[str], plans: List[str], configuration: str, dataset_name: Optional[str],
+                results_base: Optional[str]) -> List[Run]:
+    """A run per trainer/plans pair, with its results folder where it exists; named by the trainer alone
+    where all share one plans identifier."""
     runs = []
     for trainer, plan in zip(trainers, plans):
         folder = None
@@ -152,72 +161,70 @@ def find_runs(dataset: Optional[str], configuration: str, trainers: Sequence[str
         runs.append(Run(name, trainer, plan, folder))
     if len({r.name for r in runs}) != len(runs):
         raise CompareError(["the same trainer/plans pair is listed twice"])
+    return runs
 
-    if prediction_folders:
-        if len(prediction_folders) != len(runs):
-            raise CompareError([f"give one predictions folder per trainer: {len(runs)} trainers, "
-                                f"{len(prediction_folders)} folders"])
-        for run, folder in zip(runs, prediction_folders):
-            if not os.path.isdir(folder):
-                raise CompareError([f"{run.name}: predictions folder {folder} does not exist"])
-            where = [folder] + ([run.results_folder] if run.results_folder else [])
-            run.dataset_json = read_dataset_json(run.name, where)
-            run.plans_json = read_plans_json(run.name, where, configuration)
-            run.predictions = cases_in(folder, run.dataset_json["file_ending"])
-            if not run.predictions:
-                problems.append(f"{run.name}: no predictions ({run.dataset_json['file_ending']}) in {folder}")
-        return runs, dataset_name, []
 
-    if dataset_name is None:
-        raise CompareError(["give a dataset (-d) or predictions folders (-i)"])
-    if not results_base:
-        raise CompareError(["nnUNet_results is not set; set it or give predictions folders with -i"])
-    missing = [f"{r.name}: no results folder {r.trainer}__{r.plans}__{configuration} in "
-               f"{os.path.join(results_base, dataset_name)}" for r in runs if r.results_folder is None]
-    if missing:
-        raise CompareError(missing)
-    if folds is None:
-        found = set()
-        for run in runs:
-            found |= {os.path.basename(p)[len("fold_"):] for p in glob.glob(os.path.join(run.results_folder, "fold_*"))
-                      if os.path.isdir(os.path.join(p, "validation"))}
-        folds = sorted(found, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
-        if not folds:
-            raise CompareError(["no fold_N/validation folder in any of: " +
-                                ", ".join(r.results_folder for r in runs)])
+def _read_prediction_folders(runs: List[Run], prediction_folders: Sequence[str], configuration: str,
+                             problems: Problems) -> None:
+    """Each run's predictions, dataset.json and plans.json from its predictions folder (then its results)."""
+    if len(prediction_folders) != len(runs):
+        raise CompareError([f"give one predictions folder per trainer: {len(runs)} trainers, "
+                            f"{len(prediction_folders)} folders"])
+    for run, folder in zip(runs, prediction_folders):
+        if not os.path.isdir(folder):
+            raise CompareError([f"{run.name}: predictions folder {folder} does not exist"])
+        where = [folder] + ([run.results_folder] if run.results_folder else [])
+        run.dataset_json = read_dataset_json(run.name, where)
+        run.plans_json = read_plans_json(run.name, where, configuration)
+        run.predictions = cases_in(folder, run.dataset_json["file_ending"])
+        if not run.predictions:
+            problems.add(f"{run.name}: no predictions ({run.dataset_json['file_ending']}) in {folder}")
+
+
+def _folds_found(runs: List[Run]) -> List[str]:
+    """Every fold with a ``fold_N/validation`` folder in any run, numbers first in order."""
+    found = set()
     for run in runs:
-        run.dataset_json = read_dataset_json(run.name, [run.results_folder])
-        run.plans_json = read_plans_json(run.name, [run.results_folder], configuration)
-        fold_of = {}
-        twice = {}
-        for fold in folds:
-            validation = os.path.join(run.results_folder, f"fold_{fold}", "validation")
-            cases = cases_in(validation, run.dataset_json["file_ending"]) if os.path.isdir(validation) else {}
-            if not cases:
-                problems.append(f"{run.name}: fold {fold} is missing (no predictions in {validation})")
-            for case in cases:
-                if case in fold_of:
-                    twice.setdefault((fold_of[case], fold), []).append(case)
-                fold_of[case] = fold
-            run.predictions.update(cases)
-        for (first, later), cases in sorted(twice.items()):
-            # each case must be scored once; which fold's prediction would be a silent choice
-            problems.append(f"{run.name}: case(s) {short_list(sorted(cases))} predicted in fold {first} and fold "
-                            f"{later}; give -f with folds that predict each case once (e.g. -f 0 1 2 3 4), "
-                            f"--partial scores fold {later}'s")
-    return runs, dataset_name, list(folds)
+        found |= {os.path.basename(p)[len("fold_"):] for p in glob.glob(os.path.join(run.results_folder, "fold_*"))
+                  if os.path.isdir(os.path.join(p, "validation"))}
+    folds = sorted(found, key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0, f))
+    if not folds:
+        raise CompareError(["no fold_N/validation folder in any of: " + ", ".join(r.results_folder for r in runs)])
+    return folds
 
 
-def reference_folder(dataset_name: Optional[str], given: Optional[str]) -> str:
+def _read_folds(run: Run, folds: Sequence[str], problems: Problems) -> None:
+    """The run's cross-validation predictions of ``folds``; a missing fold and a case predicted in two
+    folds are problems."""
+    fold_of = {}
+    twice = {}
+    for fold in folds:
+        validation = os.path.join(run.results_folder, f"fold_{fold}", "validation")
+        cases = cases_in(validation, run.dataset_json["file_ending"]) if os.path.isdir(validation) else {}
+        if not cases:
+            problems.add(f"{run.name}: fold {fold} is missing (no predictions in {validation})")
+        for case in cases:
+            if case in fold_of:
+                twice.setdefault((fold_of[case], fold), []).append(case)
+            fold_of[case] = fold
+        run.predictions.update(cases)
+    for (first, later), cases in sorted(twice.items()):
+        # each case must be scored once; which fold's prediction would be a silent choice
+        problems.add(f"{run.name}: case(s) {short_list(sorted(cases))} predicted in fold {first} and fold "
+                     f"{later}; give -f with folds that predict each case once (e.g. -f 0 1 2 3 4), "
+                     f"--partial scores fold {later}'s")
+
+
+def reference_folder(dataset_name: Optional[str], given: Optional[str], folders: NnunetFolders) -> str:
     if given:
         if not os.path.isdir(given):
             raise CompareError([f"labels folder {given} does not exist"])
         return given
     candidates = []
     if dataset_name:
-        for variable, sub in (("nnUNet_preprocessed", "gt_segmentations"), ("nnUNet_raw", "labelsTr")):
-            if os.environ.get(variable):
-                candidates.append(os.path.join(os.environ[variable], dataset_name, sub))
+        for base, sub in ((folders.preprocessed, "gt_segmentations"), (folders.raw, "labelsTr")):
+            if base:
+                candidates.append(os.path.join(base, dataset_name, sub))
     for candidate in candidates:
         if os.path.isdir(candidate):
             return candidate
@@ -225,27 +232,28 @@ def reference_folder(dataset_name: Optional[str], given: Optional[str]) -> str:
                         (f" (looked in {', '.join(candidates)})" if candidates else "")])
 
 
-def check_labels(runs: List[Run], problems: List[str]) -> None:
+def check_labels(runs: List[Run], problems: Problems) -> None:
+    """A problem for each run whose label set (kind ``LABEL_SETS``) or file ending differs from the first's."""
     first = runs[0]
     for run in runs[1:]:
         if run.dataset_json["labels"] != first.dataset_json["labels"]:
-            problems.append(f"label sets differ: {first.name} has {first.dataset_json['labels']}, "
-                            f"{run.name} has {run.dataset_json['labels']}")
+            problems.add(f"label sets differ: {first.name} has {first.dataset_json['labels']}, "
+                         f"{run.name} has {run.dataset_json['labels']}", ProblemKind.LABEL_SETS)
         if run.dataset_json["file_ending"] != first.dataset_json["file_ending"]:
-            problems.append(f"file endings differ: {first.name} {first.dataset_json['file_ending']}, "
-                            f"{run.name} {run.dataset_json['file_ending']}")
+            problems.add(f"file endings differ: {first.name} {first.dataset_json['file_ending']}, "
+                         f"{run.name} {run.dataset_json['file_ending']}")
 
 
-def check_cases(runs: List[Run], references: Dict[str, str], problems: List[str]) -> List[str]:
+def check_cases(runs: List[Run], references: Dict[str, str], problems: Problems) -> List[str]:
     """Case ids every run predicted and the reference has; each mismatch is a problem."""
     all_cases = set().union(*(r.predictions for r in runs))
     for run in runs:
         missing = all_cases - set(run.predictions)
         if missing:
-            problems.append(f"{run.name}: no prediction for case(s) {short_list(missing)} that other runs have")
+            problems.add(f"{run.name}: no prediction for case(s) {short_list(missing)} that other runs have")
     no_reference = all_cases - set(references)
     if no_reference:
-        problems.append(f"no reference label for case(s) {short_list(no_reference)}")
+        problems.add(f"no reference label for case(s) {short_list(no_reference)}")
     return sorted(set.intersection(*(set(r.predictions) for r in runs)) & set(references))
 
 
@@ -258,12 +266,13 @@ def fold_of_cases(run: Run, folds: List[str]) -> Dict[str, str]:
     return fold_of
 
 
-def find_image(case: str, dataset_name: Optional[str], images_folder: Optional[str],
-                file_ending: str) -> Optional[str]:
-    folders = [images_folder] if images_folder else []
-    if dataset_name and os.environ.get("nnUNet_raw"):
-        folders += [os.path.join(os.environ["nnUNet_raw"], dataset_name, s) for s in ("imagesTr", "imagesTs")]
-    for folder in folders:
+def find_image(case: str, dataset_name: Optional[str], images_folder: Optional[str], file_ending: str,
+               folders: NnunetFolders) -> Optional[str]:
+    """The case's first channel in ``images_folder``, else in the dataset's imagesTr or imagesTs; None if none."""
+    searched = [images_folder] if images_folder else []
+    if dataset_name and folders.raw:
+        searched += [os.path.join(folders.raw, dataset_name, s) for s in ("imagesTr", "imagesTs")]
+    for folder in searched:
         candidate = os.path.join(folder, f"{case}_0000{file_ending}")
         if os.path.isfile(candidate):
             return candidate

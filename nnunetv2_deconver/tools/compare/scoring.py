@@ -8,7 +8,8 @@ from typing import Dict, List, Optional, Tuple
 
 from nnunetv2_deconver.tools.compare.label_files import (LabelFileError, check_labels_defined, check_same_grid,
                                                          read_label_map)
-from nnunetv2_deconver.tools.compare.runs import Run, log
+from nnunetv2_deconver.tools.compare.records import Problems, Run
+from nnunetv2_deconver.tools.compare.runs import log
 from nnunetv2_deconver.tools.metrics import LabelOrRegion, case_metrics
 
 __all__ = ["label_keys", "label_values", "reader_for", "score_cases", "CaseScores"]
@@ -49,9 +50,9 @@ def reader_for(dataset_json: dict, example_file: str):
 
 
 def score_cases(runs: List[Run], cases: List[str], references: Dict[str, str], keys: List[LabelOrRegion],
-                ignore_label: Optional[int], problems: List[str]) -> Tuple[CaseScores, List[str]]:
+                ignore_label: Optional[int], problems: Problems) -> Tuple[CaseScores, List[str]]:
     """Scores of every run on every case, and the cases where every file passed its checks; each file
-    that cannot be used is appended to ``problems`` as one line naming the run, case and file."""
+    that cannot be used is added to ``problems`` as one line naming the run, case and file."""
     defined = label_values(runs[0].dataset_json)
     reader = None
     per_run_case: CaseScores = {r.name: {} for r in runs}
@@ -64,7 +65,7 @@ def score_cases(runs: List[Run], cases: List[str], references: Dict[str, str], k
             reference = read_label_map(reader, references[case])
             check_labels_defined(reference, defined)
         except LabelFileError as error:
-            problems.append(f"case {case}: reference label {references[case]} {error}")
+            problems.add(f"case {case}: reference label {references[case]} {error}")
             continue
         results = {}
         for run in runs:
@@ -73,7 +74,7 @@ def score_cases(runs: List[Run], cases: List[str], references: Dict[str, str], k
                 check_same_grid(prediction, reference)
                 check_labels_defined(prediction, defined)
             except LabelFileError as error:
-                problems.append(f"{run.name}: case {case}: prediction {run.predictions[case]} {error}")
+                problems.add(f"{run.name}: case {case}: prediction {run.predictions[case]} {error}")
                 continue
             results[run.name] = case_metrics(reference.labels, prediction.labels, reference.spacing, keys,
                                              ignore_label)

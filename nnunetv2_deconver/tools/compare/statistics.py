@@ -6,6 +6,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from scipy.stats import wilcoxon
 
+from nnunetv2_deconver.tools.compare.records import ClassStatistics
+
 __all__ = ["wilcoxon_p", "class_statistics", "foreground_dice"]
 
 
@@ -24,7 +26,7 @@ def wilcoxon_p(baseline: Sequence[float], other: Sequence[float]) -> float:
 
 
 def class_statistics(run_names: Sequence[str], cases: Sequence[str], keys, names: dict,
-                     per_run_case: dict) -> Dict[Tuple[str, str], dict]:
+                     per_run_case: dict) -> Dict[Tuple[str, str], ClassStatistics]:
     """(class name, run name) -> mean and median Dice and HD95 over ``cases``, with the p-values of the
     paired tests against the first run (None for the first run itself).
 
@@ -38,12 +40,11 @@ def class_statistics(run_names: Sequence[str], cases: Sequence[str], keys, names
 
         for run in run_names:
             dices, hds = values(run, 0), values(run, 1)
-            entry = {"dice_mean": float(np.mean(dices)), "dice_median": float(np.median(dices)),
-                     "hd95_mean": float(np.mean(hds)), "hd95_median": float(np.median(hds)),
-                     "p_dice": None, "p_hd95": None}
+            entry = ClassStatistics(float(np.mean(dices)), float(np.median(dices)), float(np.mean(hds)),
+                                    float(np.median(hds)))
             if run != baseline:
-                entry["p_dice"] = wilcoxon_p(values(baseline, 0), dices)
-                entry["p_hd95"] = wilcoxon_p(values(baseline, 1), hds)
+                entry.p_dice = wilcoxon_p(values(baseline, 0), dices)
+                entry.p_hd95 = wilcoxon_p(values(baseline, 1), hds)
             stats[(names[key], run)] = entry
     return stats
 
