@@ -1,5 +1,5 @@
 """Deconver in nnU-Net's training pipeline, with the paper's optimiser and schedule."""
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
@@ -9,8 +9,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunetv2_deconver.network import Deconver
 from nnunetv2_deconver.nnunet.checks import TrainingDivergedError, check_prediction_inputs, check_training_finite
+from nnunetv2_deconver.nnunet.network_options import merge_network_options
 from nnunetv2_deconver.nnunet.plans import (check_deconver_kwargs, check_patch_divisible, configuration_name_of,
-                                            deconver_kwargs_from_configuration, plans_file_of, replace_kernel)
+                                            deconver_kwargs_from_configuration, is_deconver, plans_file_of)
 from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
 from nnunetv2_deconver.nnunet.trainer_mixins import AtomicCheckpoints, PeakGPUMemoryLog
 from nnunetv2_deconver.nnunet.allocator import keep_freed_memory_for_reuse
@@ -25,8 +26,11 @@ class nnUNetTrainerDeconver(AtomicCheckpoints, PeakGPUMemoryLog, nnUNetTrainer):
     Optimiser: AdamW, lr 1e-4, weight decay 1e-5, cosine annealing after a 1% linear warm-up
     (paper Sec. IV-A3).
 
-    Subclasses change the network through the class attributes or ``network_kwargs``; both are
-    class-level because inference builds the network from the class without an instance.
+    Subclasses change the network through the class attributes ``ndc_kernel_size`` and
+    ``network_overrides`` (Deconver arguments set whatever the plan says; a Deconver plan's own value
+    replaced gives a ``PlanValueOverridden`` warning), merged with the plan in one place
+    (``nnunetv2_deconver.nnunet.network_options``); they are class-level because inference builds the
+    network from the class without an instance.
 
     Checks beyond nnU-Net's: every network value of the plan before any output folder exists
     (``PlanError`` naming the plans file and configuration); a training loss or weights that are no
@@ -40,8 +44,8 @@ class nnUNetTrainerDeconver(AtomicCheckpoints, PeakGPUMemoryLog, nnUNetTrainer):
     network_class = Deconver
     # None: the plan's kernel sizes; an int replaces every NDC kernel axis > 1 (the stem keeps the plan's)
     ndc_kernel_size: Optional[int] = None
-    # True: activation checkpointing of every Deconver block (less memory, more compute)
-    checkpoint_blocks: bool = False
+    # Deconver arguments this trainer sets over the plan's, e.g. {"upsample": "dtc"}
+    network_overrides: Dict[str, object] = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -60,13 +64,11 @@ class nnUNetTrainerDeconver(AtomicCheckpoints, PeakGPUMemoryLog, nnUNetTrainer):
         """Deconver's arguments for this plan (no channels, classes or deep supervision); checked."""
         plans_file = plans_file_of(plans_manager)
         name = configuration_name or configuration_name_of(plans_manager, configuration_manager)
-        kwargs = deconver_kwargs_from_configuration(configuration_manager.configuration["architecture"], name,
-                                                    plans_file)
-        if cls.ndc_kernel_size is not None:
-            kwargs.setdefault("stem_kernel_size", kwargs["kernel_sizes"][0])
-            kwargs["kernel_sizes"] = replace_kernel(kwargs["kernel_sizes"], cls.ndc_kernel_size)
-        if cls.checkpoint_blocks:
-            kwargs["checkpoint_blocks"] = True
+        architecture = configuration_manager.configuration["architecture"]
+        kwargs = merge_network_options(deconver_kwargs_from_configuration(architecture, name, plans_file),
+                                       cls.ndc_kernel_size, cls.network_overrides,
+                                       is_deconver(architecture.get("network_class_name", "")), cls.__name__, name,
+                                       plans_file)
         check_deconver_kwargs(kwargs, name, plans_file)
         check_patch_divisible(configuration_manager.patch_size, kwargs["strides"], name, plans_file)
         return kwargs

@@ -1,5 +1,6 @@
 """The nnU-Net glue without running nnU-Net: schedule, plan reading, atomic writes, memory model, planning
 arithmetic, and where the trainers are found (editable and regular installs)."""
+import inspect
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import torch
 from torch import nn
 
 from nnunetv2_deconver.nnunet.trainer_discovery import export_lines, trainers_folder
+from nnunetv2_deconver.network import Deconver
 from nnunetv2_deconver.network.costs import saved_activation_bytes
 from nnunetv2_deconver.nnunet.memory_model import WORKSPACE_BYTES
 from nnunetv2_deconver.nnunet.planner import deconver_configuration
@@ -186,6 +188,24 @@ def test_trainers_build_from_the_plan_topology():
     assert nnUNetTrainerDeconver.build_network_architecture(manager, configuration, 1, 2, True).ndc_ratio == 2
 
 
+def test_trainer_overrides_are_merged_once_and_a_deconver_plans_own_value_warns():
+    import warnings
+    from nnunetv2_deconver.nnunet.network_options import PlanValueOverridden
+    from nnunetv2_deconver.trainers.variants.network_architecture.nnUNetTrainerDeconverDTC import (
+        nnUNetTrainerDeconverDTC, nnUNetTrainerDeconverDTC_rf4)
+    deconver = ([[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], [8, 8, 8], "nnunetv2_deconver.network.Deconver")
+    manager, configuration = _manager(*deconver, {"upsample": "dtc", "dtc_receptive_field": 2.0})
+    with pytest.warns(PlanValueOverridden, match=r"'3d_fullres' sets dtc_receptive_field=2.0; "
+                                                 r"nnUNetTrainerDeconverDTC_rf4 uses dtc_receptive_field=4.0"):
+        network = nnUNetTrainerDeconverDTC_rf4.build_network_architecture(manager, configuration, 1, 2, True)
+    assert network.decoder.transpconvs[0].receptive_field == 4.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PlanValueOverridden)  # the same value, or a U-Net plan: nothing to say
+        nnUNetTrainerDeconverDTC.build_network_architecture(manager, configuration, 1, 2, True)
+        stock, stock_configuration = _manager(*deconver[:3])
+        assert nnUNetTrainerDeconverDTC_rf4.network_kwargs(stock, stock_configuration)["upsample"] == "dtc"
+
+
 def test_shipped_fragments_are_json_and_load():
     from nnunetv2_deconver.nnunet.plans import fragment_folder, load_fragment, shipped_fragments
     assert {"deconver_k3", "deconver_k5", "deconver_dtc"} <= set(shipped_fragments())
@@ -194,6 +214,11 @@ def test_shipped_fragments_are_json_and_load():
             raw = json.load(f)
         fragment, path = load_fragment(name)
         assert fragment == raw and path.endswith(name + ".json")
+        # a fragment lists only the values that differ from Deconver's defaults (placeholders aside)
+        defaults = inspect.signature(Deconver).parameters
+        same = [k for k, v in fragment["architecture"]["arch_kwargs"].items()
+                if not str(v).startswith("$") and defaults[k].default == v]
+        assert same == [], f"{name} repeats Deconver's defaults {same}"
     assert os.path.isfile(os.path.join(fragment_folder(), "README.md"))
 
 
@@ -229,9 +254,7 @@ def test_planner_output_is_the_stock_configuration_merged_with_the_filled_fragme
     # written from deconver_k5.json and the stock configuration above: placeholders filled, the rest verbatim
     expected_kwargs = {"n_stages": 3, "features_per_stage": [16, 32, 64], "conv_op": "torch.nn.Conv3d",
                        "kernel_sizes": [[1, 5, 5], [5, 5, 5], [5, 5, 5]], "strides": strides,
-                       "stem_kernel_size": [1, 3, 3], "ndc_ratio": 4, "ndc_groups": None, "mlp_ratio": 4,
-                       "n_blocks_per_stage": 1, "n_blocks_per_stage_decoder": 1, "ndc_eps": 1e-8,
-                       "ndc_iterations": 1, "upsample": "transposed"}
+                       "stem_kernel_size": [1, 3, 3]}
     assert config["architecture"] == {"network_class_name": "nnunetv2_deconver.network.Deconver",
                                       "arch_kwargs": expected_kwargs, "_kw_requires_import": ["conv_op"]}
     assert "inherits_from" not in config
@@ -241,7 +264,7 @@ def test_planner_output_is_the_stock_configuration_merged_with_the_filled_fragme
     assert config["patch_size"] == [16, 32, 32] and config["batch_size"] == max(round(8000 / 16384), 2)
     dtc = deconver_configuration(stock, 1, 3, 1e6, 8, fragment=load_fragment("deconver_dtc")[0])
     assert dtc["architecture"]["arch_kwargs"]["upsample"] == "dtc"
-    assert dtc["architecture"]["arch_kwargs"]["dtc_receptive_field"] == 2.0
+    assert "dtc_receptive_field" not in dtc["architecture"]["arch_kwargs"]  # Deconver's default, 2
 
 
 def _hand_merged_plans(arch_kwargs_change=None):
