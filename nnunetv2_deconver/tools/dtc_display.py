@@ -48,6 +48,46 @@ def _centre_crop(data: np.ndarray, patch: Sequence[int], centre: Sequence[int]) 
     return data[tuple(slices)]
 
 
+def _predictor(model_folder: str, fold, checkpoint: str):
+    """nnU-Net's predictor of the trained model (CPU, no mirroring), as ``nnUNetv2_predict`` loads it."""
+    make_trainers_findable()
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    predictor = nnUNetPredictor(tile_step_size=1.0, use_gaussian=False, use_mirroring=False,
+                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder, (fold if fold == "all" else int(fold),), checkpoint)
+    return predictor
+
+
+def _patch_around(data: np.ndarray, patch: List[int], slice_index: int):
+    """The patch the network runs on around ``slice_index`` of ``data`` (C, Z, Y, X), and where that slice
+    is inside it (None for a 2D configuration, which sees the slice alone)."""
+    if len(patch) == 2:
+        return _centre_crop(data[:, slice_index], patch, [s // 2 for s in data.shape[2:]]), None
+    window = _centre_crop(data, patch, [slice_index] + [s // 2 for s in data.shape[2:]])
+    # where the chosen slice landed inside the window (the crop may be clamped at the volume's ends)
+    padded = max(0, patch[0] - data.shape[1])
+    start = int(np.clip(slice_index + padded - patch[0] // 2, 0, data.shape[1] + 2 * padded - patch[0]))
+    return window, slice_index + padded - start
+
+
+def _run_with_hook(network: torch.nn.Module, layer, window: np.ndarray):
+    """The predicted labels of ``window`` and ``layer``'s displacement in output pixels, (d, *spatial)."""
+    captured = {}
+    hook = layer.register_forward_pre_hook(lambda module, args: captured.__setitem__("x", args[0].detach()))
+    try:
+        with torch.no_grad():
+            logits = network(torch.from_numpy(np.ascontiguousarray(window))[None].float())
+            displacement = layer.displacement(captured["x"])[0]  # (d, *S_out) in the layer's input pixels
+    finally:
+        hook.remove()
+    if isinstance(logits, (list, tuple)):
+        logits = logits[0]
+    # one input pixel of the layer is `stride` output pixels, and the layer writes the full resolution
+    stride = np.array(layer.stride, dtype=np.float32).reshape(-1, *([1] * (displacement.dim() - 1)))
+    return logits[0].argmax(0).numpy(), displacement.numpy() * stride
+
+
 def sample_displacement(model_folder: str, image_files: List[str], fold="0",
                         checkpoint: str = "checkpoint_final.pth", slice_index: Optional[int] = None) -> dict:
     """Run one patch through the trained network; return the image slice, prediction and displacement.
@@ -62,48 +102,18 @@ def sample_displacement(model_folder: str, image_files: List[str], fold="0",
     missing = [f for f in image_files if not os.path.isfile(f)]
     if missing:
         raise DisplacementError(f"image file(s) not found: {', '.join(missing)}")
-    make_trainers_findable()
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    predictor = nnUNetPredictor(tile_step_size=1.0, use_gaussian=False, use_mirroring=False,
-                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    fold = fold if fold == "all" else int(fold)
-    predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint)
+    predictor = _predictor(model_folder, fold, checkpoint)
     network = predictor.network.eval()
     layer = last_dtc_layer(network)
     configuration = predictor.configuration_manager
     preprocessor = configuration.preprocessor_class(verbose=False)
     data, _, _ = preprocessor.run_case(image_files, None, predictor.plans_manager, configuration,
                                        predictor.dataset_json)  # (C, Z, Y, X), normalised
-    patch = [int(p) for p in configuration.patch_size]
     slice_index = data.shape[1] // 2 if slice_index is None else int(slice_index)
     if not 0 <= slice_index < data.shape[1]:
         raise DisplacementError(f"slice {slice_index} is outside the preprocessed image's {data.shape[1]} slices")
-    if len(patch) == 2:  # 2D configurations see one slice at a time
-        window = _centre_crop(data[:, slice_index], patch, [s // 2 for s in data.shape[2:]])
-        slice_in_patch = None
-    else:
-        centre = [slice_index] + [s // 2 for s in data.shape[2:]]
-        window = _centre_crop(data, patch, centre)
-        # where the chosen slice landed inside the window (the crop may be clamped at the volume's ends)
-        padded = max(0, patch[0] - data.shape[1])
-        start = int(np.clip(slice_index + padded - patch[0] // 2, 0, data.shape[1] + 2 * padded - patch[0]))
-        slice_in_patch = slice_index + padded - start
-    captured = {}
-    hook = layer.register_forward_pre_hook(lambda module, args: captured.__setitem__("x", args[0].detach()))
-    try:
-        with torch.no_grad():
-            logits = network(torch.from_numpy(np.ascontiguousarray(window))[None].float())
-            displacement = layer.displacement(captured["x"])[0]  # (d, *S_out) in the layer's input pixels
-    finally:
-        hook.remove()
-    if isinstance(logits, (list, tuple)):
-        logits = logits[0]
-    labels = logits[0].argmax(0).numpy()
-    # one input pixel of the layer is `stride` output pixels, and the layer writes the full resolution
-    stride = np.array(layer.stride, dtype=np.float32).reshape(-1, *([1] * (displacement.dim() - 1)))
-    displacement = displacement.numpy() * stride
+    window, slice_in_patch = _patch_around(data, [int(p) for p in configuration.patch_size], slice_index)
+    labels, displacement = _run_with_hook(network, layer, window)
     image = window[0]
     if slice_in_patch is not None:
         image, labels = image[slice_in_patch], labels[slice_in_patch]

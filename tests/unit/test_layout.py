@@ -1,4 +1,5 @@
-"""The package's layering: each subpackage imports only from the layers below it, and modules stay small."""
+"""The package's layering: each subpackage imports only from the layers below it, and modules and functions
+stay small."""
 import ast
 import os
 
@@ -17,6 +18,10 @@ FORBIDDEN = {
     "tools": ("nnunetv2_deconver.trainers",),
 }
 MAX_LINES = 400
+MAX_FUNCTION_LINES = 60
+# the folders held to MAX_FUNCTION_LINES: the nnU-Net glue, the tools and the trainers
+SHORT_FUNCTION_FOLDERS = (os.path.join(PACKAGE, "nnunet"), os.path.join(PACKAGE, "tools"),
+                          os.path.join(REPO, "trainers"))
 
 
 def _modules(folder):
@@ -55,6 +60,15 @@ def test_no_module_over_the_size_limit():
                 lines = sum(1 for _ in f)
             if lines > MAX_LINES:
                 too_long.append(f"{os.path.relpath(path, REPO)}: {lines} lines")
+    assert not too_long, "\n".join(too_long)
+
+
+def test_no_function_over_the_size_limit():
+    too_long = [f"{os.path.relpath(path, REPO)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines"
+                for folder in SHORT_FUNCTION_FOLDERS for path in _modules(folder)
+                for node in ast.walk(ast.parse(open(path).read()))
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not too_long, "\n".join(too_long)
 
 
