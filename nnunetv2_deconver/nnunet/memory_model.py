@@ -9,7 +9,7 @@ transient workspace. ``ACTIVATION_BYTES_PER_FEATURE_ELEMENT`` relates their sum 
 ``compute_conv_feature_map_size`` (the planner's cheap proxy); its value is a measured bound, see
 docs/nnunet.md.
 """
-__all__ = ["estimate_training_bytes", "ACTIVATION_BYTES_PER_FEATURE_ELEMENT",
+__all__ = ["estimate_training_bytes", "ACTIVATION_BYTES_PER_FEATURE_ELEMENT", "BYTES_PER_PARAMETER",
            "WORKSPACE_BYTES"]
 
 # measured by compiled_step_memory (saved + transient) / compute_conv_feature_map_size on the paper's
@@ -18,10 +18,12 @@ __all__ = ["estimate_training_bytes", "ACTIVATION_BYTES_PER_FEATURE_ELEMENT",
 ACTIVATION_BYTES_PER_FEATURE_ELEMENT = 3.0
 # CUDA context, cuDNN workspaces and allocator fragmentation, a flat margin
 WORKSPACE_BYTES = 1.5 * 2 ** 30
+# fp32 weight, gradient and AdamW's two moments
+BYTES_PER_PARAMETER = 4 * 4
 
 
 def estimate_training_bytes(feature_map_elements: int, n_parameters: int, batch_size: int) -> float:
     """Peak training memory in bytes from the planner's proxy (``compute_conv_feature_map_size`` of one
     sample), the parameter count and the batch size."""
-    return (ACTIVATION_BYTES_PER_FEATURE_ELEMENT * feature_map_elements * batch_size + 16 * n_parameters
-            + WORKSPACE_BYTES)
+    return (ACTIVATION_BYTES_PER_FEATURE_ELEMENT * feature_map_elements * batch_size
+            + BYTES_PER_PARAMETER * n_parameters + WORKSPACE_BYTES)

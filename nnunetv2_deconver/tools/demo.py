@@ -39,6 +39,8 @@ DATASET_NAME = f"Dataset{DATASET_ID}_DeconverDemo"
 CONFIGURATION = "2d"
 TRAINERS = ("nnUNetTrainer_demo", "nnUNetTrainerDeconver_demo")
 PLANS = "nnUNetPlans"
+# the smallest dataset the demo accepts (cases, image edge in pixels), and the fewest cases it holds out
+MIN_CASES, MIN_SIZE, MIN_HELD_OUT = 8, 16, 2
 
 
 class DemoError(Exception):
@@ -288,10 +290,11 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs < 1 or args.iterations < 1:
         print("nnunetv2_deconver demo: error: --epochs and --iterations must be at least 1", file=sys.stderr)
         return 2
-    if args.cases < 8 or args.size < 16:
-        print("nnunetv2_deconver demo: error: use at least 8 cases of at least 16x16 pixels", file=sys.stderr)
+    if args.cases < MIN_CASES or args.size < MIN_SIZE:
+        print(f"nnunetv2_deconver demo: error: use at least {MIN_CASES} cases of at least {MIN_SIZE}x{MIN_SIZE} "
+              f"pixels", file=sys.stderr)
         return 2
-    n_test = max(2, args.cases // 4)
+    n_test = max(MIN_HELD_OUT, args.cases // 4)
     try:
         result = run_demo(args.output, args.device, args.epochs, args.iterations, args.cases - n_test, n_test,
                           args.size)
