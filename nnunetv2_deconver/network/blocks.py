@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from nnunetv2_deconver.network.block_inference import channels_last_inference
 from nnunetv2_deconver.network.block_recompute import regions, run_in_regions
 from nnunetv2_deconver.network.layout import pointwise, to_layout
 from nnunetv2_deconver.ops.by_dimension import CONV, CONV_FN, INSTANCE_NORM
@@ -91,7 +92,8 @@ class DeconverBlock(nn.Module):
       at once in backward: less kept, a larger backward workspace;
     * ``"plain"``: plain autograd, which keeps everything (with the naive NDC, twice differentiable).
 
-    Inference (no gradient recorded) runs the plain forward in every mode.
+    Inference (no gradient recorded) keeps nothing in every mode: on the CPU the whole block runs
+    channels-last (:mod:`nnunetv2_deconver.network.block_inference`), elsewhere the plain forward.
     """
 
     def __init__(self, channels: int, kernel_size: Sequence[int], ratio: int = 4, groups: int = None,
@@ -107,7 +109,11 @@ class DeconverBlock(nn.Module):
         self.mlp = Mlp(channels, dim, mlp_ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled() or self.memory == "plain":
+        if not torch.is_grad_enabled():
+            if compute_layout(x) is not None:  # the CPU, where the NDC runs channels-last
+                return channels_last_inference(self, x)
+            return self._forward(x)
+        if self.memory == "plain":
             return self._forward(x)
         if self.memory == "block":
             return checkpoint(self._forward, x, True, use_reentrant=False)

@@ -1,0 +1,61 @@
+"""A Deconver block's inference forward on the CPU: the whole block in one channels-last pass.
+
+The training forward switches layouts around the Deconv mixer (its NDC runs channels-last on the CPU)
+and runs the MLP as matrix products on default-layout maps; at inference that costs two C-channel layout
+copies per block, a broadcast copy of each bias and a fresh buffer for every elementwise step. Here, with
+no gradient recorded, the block runs channels-last from its input to its output: oneDNN's convolutions
+read and write that layout, the instance norms run as the batch norm of one sample (the same statistics,
+channels-last native), and the ReLU, GELU, ``+ eps`` and the residual sums overwrite buffers nothing
+else reads. The math is the training forward's (eq. 4 with eqs. 5-7); only the summation order inside
+the library's kernels may differ, so values agree to fp32 rounding.
+
+Nothing here is saved or recorded, and ``torch.compile`` leaves it to eager (it is opaque to dynamo):
+inductor would otherwise decompose the grouped convolutions and lose the channels-last CPU path.
+"""
+import torch
+import torch.nn.functional as F
+
+from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV_FN
+from nnunetv2_deconver.ops.ndc import nonnegative_deconvolution
+from nnunetv2_deconver.ops.ndc_autograd import memory_format_of
+
+__all__ = ["channels_last_inference"]
+
+
+def _instance_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    """Affine-free InstanceNorm of a channels-last ``x``: per sample, its batch norm (the same mean and
+    biased variance per channel), which runs in that layout; ``F.instance_norm`` would copy it out of it."""
+    if x.shape[0] == 1:
+        return F.batch_norm(x, None, None, training=True, eps=norm.eps)
+    return torch.cat([F.batch_norm(sample, None, None, training=True, eps=norm.eps) for sample in x.split(1)])
+
+
+_FUSED = getattr(torch.ops.mkldnn, "_convolution_pointwise", None) if torch.backends.mkldnn.is_available() else None
+_ACTIVATION = {"relu": F.relu_, "gelu": torch.ops.aten.gelu_}
+
+
+def _conv_then(x: torch.Tensor, weight: torch.Tensor, bias, activation: str) -> torch.Tensor:
+    """``activation(conv1x1(x))`` (exact GELU, as ``nn.GELU()``), fused by oneDNN where torch has it, as
+    inductor fuses them on the CPU: the activation costs no pass of its own (GELU's alone costs twice the
+    convolution there)."""
+    if _FUSED is not None and x.dtype == torch.float32:
+        ones, zeros = [1] * (x.dim() - 2), [0] * (x.dim() - 2)
+        return _FUSED(x, weight, bias, zeros, ones, ones, 1, activation, [], "none" if activation == "gelu" else "")
+    return _ACTIVATION[activation](CONV_FN[x.dim() - 2](x, weight, bias))
+
+
+@torch.compiler.disable
+def channels_last_inference(block, x: torch.Tensor) -> torch.Tensor:
+    """``block``'s output for ``x`` without autograd, computed channels-last; returned in ``x``'s layout."""
+    conv = CONV_FN[x.dim() - 2]
+    caller_layout = memory_format_of(x)
+    x = x.contiguous(memory_format=CHANNELS_LAST[x.dim() - 2])
+    mixer, ndc, mlp = block.mixer, block.mixer.ndc, block.mlp
+    observed = _conv_then(_instance_norm(block.norm1, x), mixer.project_in.weight, None, "relu")
+    source = _conv_then(observed, ndc.project.weight, ndc.project.bias, "relu")
+    update = nonnegative_deconvolution(observed, source, F.relu(ndc.filters), ndc.groups, ndc.eps, ndc.iterations,
+                                       "channels_last", check_nonnegative=False)
+    z = conv(update, mixer.project_out.weight, mixer.project_out.bias).add_(x)  # x + mixer(norm1(x))
+    del observed, source, update
+    hidden = _conv_then(_instance_norm(block.norm2, z), mlp.fc1.weight, mlp.fc1.bias, "gelu")
+    return conv(hidden, mlp.fc2.weight, mlp.fc2.bias).add_(z).contiguous(memory_format=caller_layout)
