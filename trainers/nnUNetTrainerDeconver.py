@@ -14,7 +14,7 @@ from nnunetv2_deconver.nnunet.plans import (check_deconver_kwargs, check_patch_d
                                             deconver_kwargs_from_configuration, is_deconver, plans_file_of)
 from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
 from nnunetv2_deconver.nnunet.trainer_mixins import AtomicCheckpoints, PeakGPUMemoryLog
-from nnunetv2_deconver.nnunet.allocator import keep_freed_memory_for_reuse
+from nnunetv2_deconver.nnunet.allocator import tune_on_first_cpu_forward
 
 
 class nnUNetTrainerDeconver(AtomicCheckpoints, PeakGPUMemoryLog, nnUNetTrainer):
@@ -53,7 +53,6 @@ class nnUNetTrainerDeconver(AtomicCheckpoints, PeakGPUMemoryLog, nnUNetTrainer):
         plans_manager = PlansManager(plans)
         self.network_kwargs(plans_manager, plans_manager.get_configuration(configuration), configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        keep_freed_memory_for_reuse(self.device)  # CPU training: glibc keeps freed activation buffers
         self.initial_lr = 1e-4
         self.weight_decay = 1e-5
         self.warmup_fraction = 0.01
@@ -81,9 +80,10 @@ class nnUNetTrainerDeconver(AtomicCheckpoints, PeakGPUMemoryLog, nnUNetTrainer):
         # nnU-Net calls it the same way on the class (inference) and on the instance (training)
         if not enable_deep_supervision:
             check_prediction_inputs()  # acts only inside nnUNetv2_predict(_from_modelfolder)
-        return cls.network_class(input_channels=num_input_channels, num_classes=num_output_channels,
-                                 deep_supervision=enable_deep_supervision,
-                                 **cls.network_kwargs(plans_manager, configuration_manager))
+        network = cls.network_class(input_channels=num_input_channels, num_classes=num_output_channels,
+                                    deep_supervision=enable_deep_supervision,
+                                    **cls.network_kwargs(plans_manager, configuration_manager))
+        return tune_on_first_cpu_forward(network)  # on the CPU, glibc keeps freed activation buffers
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
