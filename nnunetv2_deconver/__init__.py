@@ -1,5 +1,5 @@
 """Deconver (nonnegative deconvolution) networks for nnU-Net v2."""
-from nnunetv2_deconver.ops.ndc import NDC, nonnegative_deconvolution
+from nnunetv2_deconver.ops import NDC, nonnegative_deconvolution
 from nnunetv2_deconver.network import Deconver
 from nnunetv2_deconver.network.presets import paper_network
 

@@ -15,9 +15,7 @@ inductor would otherwise decompose the grouped convolutions and lose the channel
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST, CONV_FN
-from nnunetv2_deconver.ops.ndc import nonnegative_deconvolution
-from nnunetv2_deconver.ops.ndc_autograd import memory_format_of
+from nnunetv2_deconver.ops import CHANNELS_LAST, CONV_FN, memory_format_of, nonnegative_deconvolution
 
 __all__ = ["channels_last_inference"]
 
@@ -53,8 +51,9 @@ def channels_last_inference(block, x: torch.Tensor) -> torch.Tensor:
     mixer, ndc, mlp = block.mixer, block.mixer.ndc, block.mlp
     observed = _conv_then(_instance_norm(block.norm1, x), mixer.project_in.weight, None, "relu")
     source = _conv_then(observed, ndc.project.weight, ndc.project.bias, "relu")
+    # "auto" chooses the channels-last path that brought the block here (the observed map has x's shape)
     update = nonnegative_deconvolution(observed, source, F.relu(ndc.filters), ndc.groups, ndc.eps, ndc.iterations,
-                                       "channels_last", check_nonnegative=False)
+                                       check_nonnegative=False)
     z = conv(update, mixer.project_out.weight, mixer.project_out.bias).add_(x)  # x + mixer(norm1(x))
     del observed, source, update
     hidden = _conv_then(_instance_norm(block.norm2, z), mlp.fc1.weight, mlp.fc1.bias, "gelu")

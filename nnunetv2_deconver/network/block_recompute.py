@@ -30,8 +30,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from nnunetv2_deconver.network.layout import to_layout
-from nnunetv2_deconver.ops.ndc_autograd import memory_format_of
+from nnunetv2_deconver.ops import memory_format_of, to_layout
 
 __all__ = ["REGION_BYTES", "region_bytes", "regions", "run_in_regions"]
 

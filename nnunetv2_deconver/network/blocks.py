@@ -7,11 +7,9 @@ from torch.utils.checkpoint import checkpoint
 
 from nnunetv2_deconver.network.block_inference import channels_last_inference
 from nnunetv2_deconver.network.block_recompute import regions, run_in_regions
-from nnunetv2_deconver.network.layout import pointwise, to_layout
-from nnunetv2_deconver.ops.by_dimension import CONV, CONV_FN, INSTANCE_NORM
-from nnunetv2_deconver.ops.ndc import NDC
-from nnunetv2_deconver.ops.ndc_autograd import memory_format_of
-from nnunetv2_deconver.ops.ndc_dispatch import compute_layout
+from nnunetv2_deconver.network.pointwise import pointwise
+from nnunetv2_deconver.ops import CONV, CONV_FN, INSTANCE_NORM, NDC, check_choice, compute_layout, memory_format_of, \
+    to_layout
 
 __all__ = ["DeconvMixer", "Mlp", "DeconverBlock", "MEMORY_MODES"]
 
@@ -67,7 +65,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor, chunk: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """The MLP's output; with ``chunk = (a0, a1)`` the term of hidden channels ``[a0, a1)``, without
-        ``fc2``'s bias. 1x1 convolutions as matrix products on the CPU's default-layout maps (network/layout.py)."""
+        ``fc2``'s bias. 1x1 convolutions as matrix products on the CPU's default-layout maps (network/pointwise.py)."""
         if chunk is None:
             return pointwise(self.act(pointwise(x, self.fc1.weight, self.fc1.bias)), self.fc2.weight, self.fc2.bias)
         a0, a1 = chunk
@@ -99,8 +97,7 @@ class DeconverBlock(nn.Module):
     def __init__(self, channels: int, kernel_size: Sequence[int], ratio: int = 4, groups: int = None,
                  mlp_ratio: int = 4, eps: float = 1e-8, iterations: int = 1, memory: str = "regions"):
         super().__init__()
-        if memory not in MEMORY_MODES:
-            raise ValueError(f"DeconverBlock memory must be one of {MEMORY_MODES}, got {memory!r}")
+        check_choice(memory, MEMORY_MODES, "DeconverBlock memory")
         dim = len(kernel_size)
         self.memory = memory
         self.norm1 = INSTANCE_NORM[dim](channels, affine=False)

@@ -22,7 +22,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 
 from nnunetv2_deconver.network.block_recompute import REGION_BYTES, region_bytes
-from nnunetv2_deconver.ops.ndc_dispatch import force_implementation, select_implementation
+from nnunetv2_deconver.ops import force_implementation, select_implementation
 
 __all__ = ["CompiledMemory", "compiled_step_memory"]
 

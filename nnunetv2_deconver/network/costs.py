@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunetv2_deconver.ops.ndc import NDC
+from nnunetv2_deconver.ops import NDC
 
 __all__ = ["Cost", "count_parameters", "measure_cost", "saved_tensor_bytes", "saved_activation_bytes"]
 

@@ -1,62 +1,17 @@
 """The Deconver U-Net (paper Sec. III-C, Fig. 1), constructed from the topology of an nnU-Net plan."""
-import math
-import numbers
-import pydoc
 from typing import List, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from nnunetv2_deconver.network.blocks import MEMORY_MODES, DeconverBlock
-from nnunetv2_deconver.ops.by_dimension import CONV_TRANSPOSED
-from nnunetv2_deconver.ops.dtc import DeformableTransposedConv
-from nnunetv2_deconver.ops.ndc import check_update_options
+from nnunetv2_deconver.network.arguments import SPATIAL_DIMS, normalise, stride_divisor
+from nnunetv2_deconver.network.blocks import DeconverBlock
+from nnunetv2_deconver.ops import CONV_TRANSPOSED, DeformableTransposedConv
 
 __all__ = ["Deconver", "DeconverEncoder", "DeconverDecoder", "stride_divisor"]
 
 IntOrSeq = Union[int, Sequence[int]]
-
-_UPSAMPLE = ("transposed", "dtc")
-_DIM = {nn.Conv2d: 2, nn.Conv3d: 3}
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _per_axis(value: IntOrSeq, dim: int, name: str) -> Tuple[int, ...]:
-    value = (value,) * dim if not isinstance(value, (list, tuple)) else tuple(value)
-    if len(value) != dim or not all(_is_int(v) for v in value):
-        raise ValueError(f"{name} must be an integer or {dim} integers (one per spatial axis), got {list(value)}")
-    return tuple(int(v) for v in value)
-
-
-def _per_stage(value, n_stages: int, name: str) -> list:
-    value = list(value) if isinstance(value, (list, tuple)) else [value] * n_stages
-    if len(value) != n_stages:
-        raise ValueError(f"{name} needs one entry per stage ({n_stages}), got {len(value)}: {value}")
-    return value
-
-
-def stride_divisor(strides: Sequence[Sequence[int]]) -> Tuple[int, ...]:
-    """Per axis, the product of every stage's stride: each patch axis must be a multiple of it."""
-    # plain integers, not numpy: torch.compile traces numpy calls as tensor operations
-    return tuple(math.prod([int(stride[axis]) for stride in strides]) for axis in range(len(strides[0])))
-
-
-def _at_least(value, minimum: int, name: str) -> None:
-    values = value if isinstance(value, (list, tuple)) else [value]
-    if not all(_is_int(v) and v >= minimum for v in values):
-        raise ValueError(f"{name} must be integers >= {minimum}, got {value}")
-
-
-def _check_receptive_field(value) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                              or not math.isfinite(value) or value <= 0):
-        raise ValueError(f"dtc_receptive_field must be a finite number of input pixels > 0 (paper: 2, 4, 10) or "
-                         f"None for unrestricted, got {value!r}")
-
 
 def _stage(blocks: int, channels: int, kernel: Tuple[int, ...], groups, block_kwargs: dict) -> List[nn.Module]:
     return [DeconverBlock(channels, kernel, groups=groups, **block_kwargs) for _ in range(blocks)]
@@ -110,7 +65,7 @@ class DeconverDecoder(nn.Module):
                  dtc_receptive_field: Optional[float] = 2.0):
         super().__init__()
         self.deep_supervision = deep_supervision
-        transposed = CONV_TRANSPOSED[_DIM[conv_op]]
+        transposed = CONV_TRANSPOSED[SPATIAL_DIMS[conv_op]]
         up, fuse, stages, heads = [], [], [], []
         # decoder stage d produces the resolution of encoder stage s = n_stages - 2 - d
         for d, s in enumerate(reversed(range(len(features_per_stage) - 1))):
@@ -179,62 +134,18 @@ class Deconver(nn.Module):
                  upsample: str = "transposed", dtc_receptive_field: Optional[float] = 2.0,
                  checkpoint_blocks: bool = False, block_memory: str = "regions"):
         super().__init__()
-        if upsample not in _UPSAMPLE:
-            raise ValueError(f"upsample must be one of {_UPSAMPLE}, got {upsample!r}")
-        _check_receptive_field(dtc_receptive_field)
-        check_update_options(ndc_eps, ndc_iterations)
-        if isinstance(conv_op, str):
-            conv_op = pydoc.locate(conv_op)
-        if conv_op not in _DIM:
-            raise ValueError(f"conv_op must be torch.nn.Conv2d or torch.nn.Conv3d, got {conv_op}")
-        dim = _DIM[conv_op]
-        _at_least(n_stages, 2, "n_stages")
-        _at_least(input_channels, 1, "input_channels")
-        _at_least(num_classes, 1, "num_classes")
-        features_per_stage = _per_stage(features_per_stage, n_stages, "features_per_stage")
-        _at_least(features_per_stage, 1, "features_per_stage")
-        kernel_sizes = [_per_axis(k, dim, "kernel size") for k in _per_stage(kernel_sizes, n_stages, "kernel_sizes")]
-        strides = [_per_axis(s, dim, "stride") for s in _per_stage(strides, n_stages, "strides")]
-        bad = [k for k in kernel_sizes if any(v < 1 or v % 2 == 0 for v in k)]
-        if bad:
-            raise ValueError(f"Deconver's NDC filters need odd kernel sizes on every axis; the plan has {bad}. "
-                             f"Use kernel sizes such as 3, 5 or (1, 3, 3).")
-        _at_least([v for s in strides for v in s], 1, "strides")
-        if any(v != 1 for v in strides[0]):
-            raise ValueError(f"strides[0] must be 1 on every axis (the stem keeps full resolution), got {strides[0]}")
-        stem_kernel_size = kernel_sizes[0] if stem_kernel_size is None else _per_axis(stem_kernel_size, dim,
-                                                                                      "stem_kernel_size")
-        _at_least(list(stem_kernel_size), 1, "stem_kernel_size")
-        _at_least(ndc_ratio, 1, "ndc_ratio")
-        _at_least(mlp_ratio, 1, "mlp_ratio")
-        if not isinstance(checkpoint_blocks, bool):
-            raise ValueError(f"checkpoint_blocks must be true or false, got {checkpoint_blocks!r}")
-        if block_memory not in MEMORY_MODES:
-            raise ValueError(f"block_memory must be one of {MEMORY_MODES}, got {block_memory!r}")
-        block_memory = "block" if checkpoint_blocks else block_memory
-        groups = _per_stage(ndc_groups, n_stages, "ndc_groups")
-        for c, g in zip(features_per_stage, groups):
-            if g is not None and (not _is_int(g) or g < 1 or c % g):
-                raise ValueError(f"ndc_groups={g} must be a positive integer dividing every stage's width; "
-                                 f"{c} is not divisible")
-        self.strides = strides
-        self.kernel_sizes = kernel_sizes
-        self.features_per_stage = features_per_stage
-        self.ndc_ratio, self.mlp_ratio = ndc_ratio, mlp_ratio
-        self.n_blocks_per_stage = _per_stage(n_blocks_per_stage, n_stages, "n_blocks_per_stage")
-        self.n_blocks_per_stage_decoder = _per_stage(n_blocks_per_stage_decoder, n_stages - 1,
-                                                     "n_blocks_per_stage_decoder")
-        _at_least(self.n_blocks_per_stage + self.n_blocks_per_stage_decoder, 0, "n_blocks_per_stage(_decoder)")
-        self.stem_kernel_size = stem_kernel_size
-        self.upsample = upsample
-        common = dict(ratio=ndc_ratio, mlp_ratio=mlp_ratio, eps=ndc_eps, iterations=ndc_iterations,
-                      memory=block_memory)
-        self.encoder = DeconverEncoder(input_channels, features_per_stage, conv_op, kernel_sizes, strides,
-                                       self.n_blocks_per_stage, stem_kernel_size, groups, common)
-        self.decoder = DeconverDecoder(features_per_stage, conv_op, kernel_sizes, strides,
-                                       self.n_blocks_per_stage_decoder, num_classes, deep_supervision, groups, common,
-                                       upsample, dtc_receptive_field)
-        self.checkpoint_blocks, self.block_memory = block_memory == "block", block_memory
+        given = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
+        a = self.arguments = normalise(**given)
+        self.strides, self.kernel_sizes, self.features_per_stage = a.strides, a.kernel_sizes, a.features_per_stage
+        self.ndc_ratio, self.mlp_ratio = a.ndc_ratio, a.mlp_ratio
+        self.n_blocks_per_stage, self.n_blocks_per_stage_decoder = a.n_blocks_per_stage, a.n_blocks_per_stage_decoder
+        self.stem_kernel_size, self.upsample = a.stem_kernel_size, a.upsample
+        self.encoder = DeconverEncoder(a.input_channels, a.features_per_stage, a.conv_op, a.kernel_sizes, a.strides,
+                                       a.n_blocks_per_stage, a.stem_kernel_size, a.ndc_groups, a.block_kwargs())
+        self.decoder = DeconverDecoder(a.features_per_stage, a.conv_op, a.kernel_sizes, a.strides,
+                                       a.n_blocks_per_stage_decoder, a.num_classes, a.deep_supervision, a.ndc_groups,
+                                       a.block_kwargs(), a.upsample, a.dtc_receptive_field)
+        self.checkpoint_blocks, self.block_memory = a.block_memory == "block", a.block_memory
         self._divisor = stride_divisor(self.strides)
 
     @property

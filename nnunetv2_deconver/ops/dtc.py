@@ -47,25 +47,18 @@ Conventions (the paper leaves them open; these are ours, and the tests check the
 * **Precision.** Positions are computed and sampled in fp32 even under autocast: in bf16 a coordinate
   near 1 is only resolved to ``2**-8``, half a pixel of a 256-wide map.
 """
-import math
 from typing import Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from nnunetv2_deconver.ops.by_dimension import CONV, CONV_TRANSPOSED, LINEAR_MODE
+from nnunetv2_deconver.ops.checks import check_integers, check_receptive_field, is_integer
 from nnunetv2_deconver.ops.precision import autocast_disabled
 
 __all__ = ["deformable_sample", "sampling_lambda", "DeformableTransposedConv"]
 
-
-
-def _check_receptive_field(receptive_field: Optional[float]) -> None:
-    if receptive_field is not None and not (math.isfinite(receptive_field) and receptive_field > 0):
-        raise ValueError(f"receptive_field must be a positive number of input pixels, or None for unrestricted; "
-                         f"got {receptive_field}")
 
 
 def sampling_lambda(input_size: Sequence[int], receptive_field: Optional[float] = 2.0) -> Tuple[float, ...]:
@@ -74,7 +67,7 @@ def sampling_lambda(input_size: Sequence[int], receptive_field: Optional[float] 
     ``r / S_in_axis`` for a receptive field of ``r`` input pixels; 1.0 on every axis when unrestricted
     (``receptive_field=None``).
     """
-    _check_receptive_field(receptive_field)
+    check_receptive_field(receptive_field)
     if receptive_field is None:
         return tuple(1.0 for _ in input_size)
     return tuple(float(receptive_field) / int(size) for size in input_size)
@@ -148,17 +141,17 @@ class DeformableTransposedConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: Union[int, Sequence[int]], dim: int = None,
                  base: Union[str, nn.Module] = "transposed", receptive_field: Optional[float] = 2.0):
         super().__init__()
-        if isinstance(stride, (int, np.integer)):
+        if is_integer(stride):
             if dim not in (2, 3):
                 raise ValueError(f"dim must be 2 or 3 when stride is a single int, got dim={dim}")
-            stride = (int(stride),) * dim
-        stride = tuple(int(s) for s in stride)
+            stride = (stride,) * dim
+        stride = tuple(stride)
         if len(stride) not in (2, 3) or (dim is not None and len(stride) != dim):
             raise ValueError(f"stride must have one entry per spatial axis (2 or 3 of them), got {stride} "
                              f"with dim={dim}")
-        if any(s < 1 for s in stride):
-            raise ValueError(f"stride entries must be positive integers, got {stride}")
-        _check_receptive_field(receptive_field)
+        check_integers(list(stride), "DTC stride entries")
+        stride = tuple(int(s) for s in stride)
+        check_receptive_field(receptive_field)
         dim = len(stride)
         self.dim, self.stride, self.receptive_field = dim, stride, receptive_field
         self.in_channels, self.out_channels = in_channels, out_channels

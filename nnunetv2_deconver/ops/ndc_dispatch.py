@@ -6,12 +6,12 @@ from typing import Iterator, Optional
 
 import torch
 
-from nnunetv2_deconver.ops.by_dimension import CHANNELS_LAST
+from nnunetv2_deconver.ops.ndc_paths import PATHS
 
 __all__ = ["IMPLEMENTATIONS", "CHANNELS_LAST_MIN_VOXELS", "NAIVE_2D_FROM", "select_implementation",
            "compute_layout", "force_implementation", "forced_implementation"]
 
-IMPLEMENTATIONS = ("naive", "recompute", "channels_last", "triton")
+IMPLEMENTATIONS = tuple(PATHS)  # the paths' names, in the table's order
 _forced = threading.local()
 
 # Smallest spatial size (voxels per sample) from which channels-last is faster than naive on the CPU
@@ -56,7 +56,7 @@ def compute_layout(x: torch.Tensor) -> Optional[torch.memory_format]:
     A caller that already holds ``x`` in it (e.g. a whole Deconv mixer run channels-last) spares the
     layer its conversions.
     """
-    return CHANNELS_LAST.get(x.dim() - 2) if select_implementation(x) == "channels_last" else None
+    return PATHS[select_implementation(x)].layout(x.dim() - 2)
 
 
 def forced_implementation() -> Optional[str]:
@@ -67,8 +67,8 @@ def forced_implementation() -> Optional[str]:
 @contextmanager
 def force_implementation(name: Optional[str]) -> Iterator[None]:
     """Within the block, ``implementation="auto"`` means ``name`` (``None`` restores the dispatch)."""
-    if name is not None and name not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown NDC implementation {name!r}; choose one of {IMPLEMENTATIONS}")
+    if name is not None and name not in PATHS:
+        raise ValueError(f"unknown NDC implementation {name!r}; choose one of {tuple(PATHS)}")
     previous = getattr(_forced, "name", None)
     _forced.name = name
     try:

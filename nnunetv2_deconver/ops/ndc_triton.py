@@ -29,6 +29,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from nnunetv2_deconver.ops.ndc_autograd import RecomputedNDC
+from nnunetv2_deconver.ops.ndc_update import refuse_double_backward, run_updates
 from nnunetv2_deconver.ops.precision import autocast_disabled
 
 try:
@@ -163,13 +164,8 @@ def _forward(x: torch.Tensor, source: torch.Tensor, filters: torch.Tensor, eps: 
     """``(S^(iterations), K(S0))``, both fp32; the second is kept for backward only."""
     with autocast_disabled(x.device.type):
         launch = _Launcher(x, source, filters)
-        current = source
-        first_reconstruction = None
-        for _ in range(iterations):
-            reconstruction = launch.correlate(current, x)
-            if first_reconstruction is None:
-                first_reconstruction = reconstruction
-            current = launch.update(current, reconstruction, eps)
+        current, first_reconstruction = run_updates(source, iterations, lambda s: launch.correlate(s, x),
+                                                    lambda _, s, reconstruction: launch.update(s, reconstruction, eps))
         return current, first_reconstruction
 
 
@@ -185,15 +181,14 @@ def _backward(grad: torch.Tensor, x: torch.Tensor, source: torch.Tensor, filters
     """``(dL/dx, dL/dS0, dL/dV)`` in the dtypes and layouts of ``x``, ``source`` and ``filters``."""
     with autocast_disabled(x.device.type):
         launch = _Launcher(x, source, filters)
-        sources, reconstructions = [source], [first_reconstruction]
-        for _ in range(iterations - 1):  # recompute S_1 .. S_{T-1} and their reconstructions
-            sources.append(launch.update(sources[-1], reconstructions[-1], eps))
-            reconstructions.append(launch.correlate(sources[-1], x))
+        states = []  # (S_t, K(S_t)) for every update, the intermediate sources recomputed from S0
+        run_updates(source, iterations, lambda s: launch.correlate(s, x),
+                    lambda _, s, reconstruction: launch.update(s, reconstruction, eps), first_reconstruction, states)
         grad_n = torch.empty_like(source, dtype=torch.float32)
         taps = None
         owned = False  # whether ``grad`` is a buffer of this function (then overwritten in place)
         for step in reversed(range(iterations)):
-            current, reconstruction = sources.pop(), reconstructions.pop()
+            current, reconstruction = states.pop()
             grad_q = grad if owned else torch.empty_like(source, dtype=torch.float32)
             grad_d, b1_taps = launch.update_backward(current, reconstruction, grad, grad_q, grad_n,
                                                      step != iterations - 1, eps)
@@ -219,9 +214,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _autograd_backward(ctx, grad_output, _grad_reconstruction):
-    if torch.is_grad_enabled():
-        raise RuntimeError("nonnegative_deconvolution: this path has a hand-written backward and no double "
-                           "backward (create_graph=True); use implementation='naive' for higher derivatives")
+    refuse_double_backward()
     x, source, filters, first_reconstruction = ctx.saved_tensors
     grads = _backward(grad_output, x, source, filters, first_reconstruction, ctx.eps, ctx.iterations)
     return (*grads, None, None)

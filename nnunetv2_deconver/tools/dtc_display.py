@@ -27,7 +27,7 @@ class DisplacementError(ValueError):
 
 def last_dtc_layer(network: torch.nn.Module):
     """The DTC layer that writes the highest resolution (the last one run), or DisplacementError."""
-    from nnunetv2_deconver.ops.dtc import DeformableTransposedConv
+    from nnunetv2_deconver.ops import DeformableTransposedConv
     layers = [m for m in network.modules() if isinstance(m, DeformableTransposedConv)]
     if not layers:
         raise DisplacementError(f"the network ({type(network).__name__}) has no DTC layer; train it with a DTC "

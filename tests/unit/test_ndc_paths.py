@@ -6,6 +6,8 @@ from torch import nn
 
 from nnunetv2_deconver.ops.ndc import NDC, nonnegative_deconvolution
 from nnunetv2_deconver.ops.ndc_dispatch import force_implementation, select_implementation
+from nnunetv2_deconver.ops.ndc_paths import PATHS, NdcPath
+from nnunetv2_deconver.ops.ndc_update import plain_update
 from nnunetv2_deconver.network import Deconver
 from nnunetv2_deconver.network.costs import saved_tensor_bytes
 from nnunetv2_deconver.network.presets import PAPER_PRESETS, paper_widths
@@ -113,14 +115,41 @@ def test_fast_paths_save_at_most_a_third_of_the_naive_activations(implementation
     assert fast == x.nbytes + source.nbytes + x.nbytes
 
 
-@pytest.mark.parametrize("implementation", FAST)
-def test_double_backward_is_refused_clearly_and_naive_supports_it(implementation):
+@pytest.mark.parametrize("implementation", RUNNABLE)
+def test_double_backward_where_the_table_says_so_and_a_clear_refusal_elsewhere(implementation):
     operands, _ = _operands((6,), (3,), 2, 4, 2, batch=1, dtype=torch.float64)
-    out = nonnegative_deconvolution(*operands, 2, 1e-3, implementation=implementation)
-    with pytest.raises(RuntimeError, match="double backward.*implementation='naive'"):
-        torch.autograd.grad(out.sum(), operands[1], create_graph=True)
-    assert torch.autograd.gradgradcheck(
-        lambda x, s, v: nonnegative_deconvolution(x, s, v, 2, 1e-3, implementation="naive"), operands)
+
+    def update(x, s, v):
+        return nonnegative_deconvolution(x, s, v, 2, 1e-3, implementation=implementation)
+
+    if PATHS[implementation].twice_differentiable:
+        assert torch.autograd.gradgradcheck(update, operands)
+    else:
+        with pytest.raises(RuntimeError, match="double backward.*implementation='naive'"):
+            torch.autograd.grad(update(*operands).sum(), operands[1], create_graph=True)
+
+
+def test_a_new_path_is_one_table_entry(monkeypatch):
+    """Registered in the table alone, a path is accepted by name, by the forcing context and by the layer."""
+    calls = []
+
+    def doubled_naive(x, source, filters, groups, eps, iterations, layout):
+        calls.append(layout)
+        return 2 * plain_update(x, source, filters, groups, eps, iterations, layout)
+
+    monkeypatch.setitem(PATHS, "doubled", NdcPath("doubled", doubled_naive, doubled_naive, channels_last=True,
+                                                  twice_differentiable=True, summary="a test's path"))
+    operands, _ = _operands((5, 6), (3, 3), 4, 8, 4)
+    expected = nonnegative_deconvolution(*operands, 4, implementation="naive")
+    torch.testing.assert_close(nonnegative_deconvolution(*operands, 4, implementation="doubled"), 2 * expected)
+    layer = NDC(4, (3, 3))
+    x = torch.rand(1, 4, 6, 6)
+    with force_implementation("naive"):
+        reference = layer(x)
+    with force_implementation("doubled"):
+        torch.testing.assert_close(layer(x), 2 * reference)
+        torch.testing.assert_close(layer(x, recomputed=True), 2 * reference)
+    assert calls == [torch.channels_last] * 3
 
 
 def test_unknown_implementation_is_a_value_error():

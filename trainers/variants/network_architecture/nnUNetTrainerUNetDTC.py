@@ -9,7 +9,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnunetv2_deconver.nnunet.trainer_mixins import AtomicCheckpoints
-from nnunetv2_deconver.ops.dtc import DeformableTransposedConv
+from nnunetv2_deconver.ops import DeformableTransposedConv
 
 
 class nnUNetTrainerUNetDTC(AtomicCheckpoints, nnUNetTrainer):
