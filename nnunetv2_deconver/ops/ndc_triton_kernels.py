@@ -1,7 +1,9 @@
 """Triton kernels of the NDC update for one observed channel per group (G = C, R = E / C sources each).
 
-Undecorated on purpose: :mod:`nnunetv2_deconver.ops.ndc_triton` compiles them with ``triton.jit`` for GPU
-tensors and wraps them in Triton's interpreter for CPU tensors. Every tensor arrives as a pointer and
+The kernels are undecorated on purpose: :mod:`nnunetv2_deconver.ops.ndc_triton` compiles them with
+``triton.jit`` for GPU tensors and wraps them in Triton's interpreter for CPU tensors. What they share, a
+program's tile, a stencil tap's neighbours and the adjoint stencil, are device functions (:func:`_device`)
+that serve both. Every tensor arrives as a pointer and
 five strides of its ``(B, channels, D, H, W)`` view (2D and 1D maps have unit leading spatial axes), so
 contiguous and channels-last inputs of any float dtype are read in place; all arithmetic is fp32.
 
@@ -17,6 +19,8 @@ The filter ``V`` is fp32 and contiguous, ``(C, R, KD, KH, KW)``, so ``V[c, r, m]
 ``partial[(batch * blocks + block), e, m]``; the caller reduces over the first axis (deterministic).
 """
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
 
 # A sum over the block as ``tl.reduce`` with Triton's own add combiner: compiled, it is ``tl.sum``; the
 # interpreter maps this combiner to numpy's sum. (``tl.sum`` and ``tl.zeros`` are jit functions that only
@@ -24,39 +28,77 @@ import triton.language as tl
 _ADD = tl.standard._sum_combine
 
 
+class _DeviceFunction(JITFunction):
+    """A ``triton.jit`` device function that compiled kernels inline and interpreted kernels call as Python.
+
+    A kernel run by Triton's interpreter calls its helpers as plain Python, which a ``JITFunction`` refuses
+    unless TRITON_INTERPRET=1 was set before Triton's import; this one runs the interpreter's rewrite of
+    the function instead, so the kernels share code under both.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return InterpretedFunction(self.fn)(*args, **kwargs)
+
+
+def _device(fn) -> _DeviceFunction:
+    return _DeviceFunction(fn)
+
+
+@_device
+def _tile(rows_total, D, H, W, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's tile: its voxel block, sample ``b``, its ``ROWS`` channel indices of ``rows_total``,
+    which of them exist, a valid index for each (rows past the last read a valid one and store nothing),
+    which of its ``BLOCK`` flat voxels exist, and their ``(d, h, w)``."""
+    block = tl.program_id(0)
+    tile = tl.program_id(1).to(tl.int64)
+    tiles = (rows_total + ROWS - 1) // ROWS
+    rows = (tile % tiles) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+    p = block * BLOCK + tl.arange(0, BLOCK)
+    return (block, tile // tiles, rows, rows < rows_total, tl.minimum(rows, rows_total - 1), p < D * H * W,
+            p // (W * H), (p // W) % H, p % W)
+
+
+@_device
+def _neighbour(tap: tl.constexpr, SIGN: tl.constexpr, d0, h0, w0, inside, D, H, W,
+               KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr):
+    """For the filter tap ``m = (kd, kh, kw)`` (flat index ``tap``), each voxel's neighbour ``p + SIGN (m - M)``
+    (``+1``: the correlation ``K``, ``-1``: the adjoint ``A``) and whether it lies inside the map."""
+    d = d0 + SIGN * (tap // (KH * KW) - KD // 2)
+    h = h0 + SIGN * ((tap // KW) % KH - KH // 2)
+    w = w0 + SIGN * (tap % KW - KW // 2)
+    return d, h, w, inside & (d >= 0) & (d < D) & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+
+
+@_device
+def _adjoints(x_base, x_d, x_h, x_w, r_base, r_d, r_h, r_w, weights, d0, h0, w0, inside, D, H, W,
+              KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """``A(X)`` and ``A(rec)`` for the tile's sources, reading each observed channel's taps once for both."""
+    adj_x = tl.full([ROWS, BLOCK], 0.0, tl.float32)
+    adj_r = tl.full([ROWS, BLOCK], 0.0, tl.float32)
+    for tap in tl.static_range(KD * KH * KW):
+        d, h, w, ok = _neighbour(tap, -1, d0, h0, w0, inside, D, H, W, KD, KH, KW)
+        weight = tl.load(weights + tap)[:, None]
+        adj_x += weight * tl.load(x_base + (d * x_d + h * x_h + w * x_w)[None, :], mask=ok[None, :],
+                                  other=0.0).to(tl.float32)
+        adj_r += weight * tl.load(r_base + (d * r_d + h * r_h + w * r_w)[None, :], mask=ok[None, :],
+                                  other=0.0).to(tl.float32)
+    return adj_x, adj_r
+
+
 def correlate_kernel(src, s_b, s_c, s_d, s_h, s_w, filt, out, o_b, o_c, o_d, o_h, o_w,
                      C, R, D, H, W,
                      KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """``out = K(src)``: reads each source once (plus halo), writes each observed channel once."""
-    block = tl.program_id(0)
-    tile = tl.program_id(1).to(tl.int64)
-    tiles = (C + ROWS - 1) // ROWS
-    b = tile // tiles
-    c = (tile % tiles) * ROWS + tl.arange(0, ROWS).to(tl.int64)
-    rows_ok = c < C
-    c_safe = tl.minimum(c, C - 1)  # rows past the last channel read a valid one and store nothing
-    p = block * BLOCK + tl.arange(0, BLOCK)
-    inside = p < D * H * W
-    w0 = p % W
-    h0 = (p // W) % H
-    d0 = p // (W * H)
+    _, b, c, rows_ok, c_safe, inside, d0, h0, w0 = _tile(C, D, H, W, ROWS, BLOCK)
     acc = tl.full([ROWS, BLOCK], 0.0, tl.float32)
     for r in range(R):
         e = c_safe * R + r
         base = src + b * s_b + e[:, None] * s_c
-        for kd in tl.static_range(KD):
-            d = d0 + (kd - KD // 2)
-            ok_d = inside & (d >= 0) & (d < D)
-            for kh in tl.static_range(KH):
-                h = h0 + (kh - KH // 2)
-                ok_h = ok_d & (h >= 0) & (h < H)
-                s_dh = d * s_d + h * s_h
-                for kw in tl.static_range(KW):
-                    w = w0 + (kw - KW // 2)
-                    ok = (ok_h & (w >= 0) & (w < W))[None, :]
-                    weight = tl.load(filt + e * (KD * KH * KW) + (kd * KH + kh) * KW + kw)
-                    value = tl.load(base + (s_dh + w * s_w)[None, :], mask=ok, other=0.0)
-                    acc += weight[:, None] * value.to(tl.float32)
+        for tap in tl.static_range(KD * KH * KW):
+            d, h, w, ok = _neighbour(tap, 1, d0, h0, w0, inside, D, H, W, KD, KH, KW)
+            weight = tl.load(filt + e * (KD * KH * KW) + tap)
+            value = tl.load(base + (d * s_d + h * s_h + w * s_w)[None, :], mask=ok[None, :], other=0.0)
+            acc += weight[:, None] * value.to(tl.float32)
     mask = rows_ok[:, None] & inside[None, :]
     tl.store(out + b * o_b + c[:, None] * o_c + (d0 * o_d + h0 * o_h + w0 * o_w)[None, :], acc, mask=mask)
 
@@ -65,39 +107,11 @@ def update_kernel(x, x_b, x_c, x_d, x_h, x_w, rec, r_b, r_c, r_d, r_h, r_w, src,
                   filt, out, o_b, o_c, o_d, o_h, o_w, C, R, D, H, W, eps,
                   KD: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     """``out = S * (A(X) + eps) / (A(K(S)) + eps)`` given ``rec = K(S)``: eq. (7) in one pass."""
-    block = tl.program_id(0)
-    tile = tl.program_id(1).to(tl.int64)
-    tiles = (C * R + ROWS - 1) // ROWS
-    b = tile // tiles
-    e = (tile % tiles) * ROWS + tl.arange(0, ROWS).to(tl.int64)
-    rows_ok = e < C * R
-    e_safe = tl.minimum(e, C * R - 1)  # rows past the last source read a valid one and store nothing
+    _, b, e, rows_ok, e_safe, inside, d0, h0, w0 = _tile(C * R, D, H, W, ROWS, BLOCK)
     c = e_safe // R
-    p = block * BLOCK + tl.arange(0, BLOCK)
-    inside = p < D * H * W
-    w0 = p % W
-    h0 = (p // W) % H
-    d0 = p // (W * H)
-    x_base = x + b * x_b + c[:, None] * x_c
-    r_base = rec + b * r_b + c[:, None] * r_c
-    adj_x = tl.full([ROWS, BLOCK], 0.0, tl.float32)
-    adj_r = tl.full([ROWS, BLOCK], 0.0, tl.float32)
-    for kd in tl.static_range(KD):
-        d = d0 - (kd - KD // 2)
-        ok_d = inside & (d >= 0) & (d < D)
-        for kh in tl.static_range(KH):
-            h = h0 - (kh - KH // 2)
-            ok_h = ok_d & (h >= 0) & (h < H)
-            x_dh = d * x_d + h * x_h
-            r_dh = d * r_d + h * r_h
-            for kw in tl.static_range(KW):
-                w = w0 - (kw - KW // 2)
-                ok = (ok_h & (w >= 0) & (w < W))[None, :]
-                weight = tl.load(filt + e_safe * (KD * KH * KW) + (kd * KH + kh) * KW + kw)
-                xv = tl.load(x_base + (x_dh + w * x_w)[None, :], mask=ok, other=0.0)
-                rv = tl.load(r_base + (r_dh + w * r_w)[None, :], mask=ok, other=0.0)
-                adj_x += weight[:, None] * xv.to(tl.float32)
-                adj_r += weight[:, None] * rv.to(tl.float32)
+    adj_x, adj_r = _adjoints(x + b * x_b + c[:, None] * x_c, x_d, x_h, x_w, rec + b * r_b + c[:, None] * r_c,
+                             r_d, r_h, r_w, filt + e_safe * (KD * KH * KW), d0, h0, w0, inside, D, H, W,
+                             KD, KH, KW, ROWS, BLOCK)
     mask = rows_ok[:, None] & inside[None, :]
     s = tl.load(src + b * s_b + e[:, None] * s_c + (d0 * s_d + h0 * s_h + w0 * s_w)[None, :], mask=mask, other=0.0)
     result = s.to(tl.float32) * (adj_x + eps) / (adj_r + eps)
@@ -116,39 +130,12 @@ def update_backward_kernel(x, x_b, x_c, x_d, x_h, x_w, rec, r_b, r_c, r_d, r_h, 
     ``<u, A_V(X)> + <dL/dD, A_V(rec)>`` to ``partial``. ``grad_d``, ``grad_q`` and ``grad_n`` are
     laid out like ``src`` (strides ``s_*``).
     """
-    block = tl.program_id(0)
-    tile = tl.program_id(1).to(tl.int64)
-    tiles = (C * R + ROWS - 1) // ROWS
-    b = tile // tiles
-    e = (tile % tiles) * ROWS + tl.arange(0, ROWS).to(tl.int64)
-    rows_ok = e < C * R
-    e_safe = tl.minimum(e, C * R - 1)  # rows past the last source read a valid one and store nothing
+    block, b, e, rows_ok, e_safe, inside, d0, h0, w0 = _tile(C * R, D, H, W, ROWS, BLOCK)
     c = e_safe // R
-    p = block * BLOCK + tl.arange(0, BLOCK)
-    inside = p < D * H * W
-    w0 = p % W
-    h0 = (p // W) % H
-    d0 = p // (W * H)
     x_base = x + b * x_b + c[:, None] * x_c
     r_base = rec + b * r_b + c[:, None] * r_c
-    adj_x = tl.full([ROWS, BLOCK], 0.0, tl.float32)
-    adj_r = tl.full([ROWS, BLOCK], 0.0, tl.float32)
-    for kd in tl.static_range(KD):
-        d = d0 - (kd - KD // 2)
-        ok_d = inside & (d >= 0) & (d < D)
-        for kh in tl.static_range(KH):
-            h = h0 - (kh - KH // 2)
-            ok_h = ok_d & (h >= 0) & (h < H)
-            x_dh = d * x_d + h * x_h
-            r_dh = d * r_d + h * r_h
-            for kw in tl.static_range(KW):
-                w = w0 - (kw - KW // 2)
-                ok = (ok_h & (w >= 0) & (w < W))[None, :]
-                weight = tl.load(filt + e_safe * (KD * KH * KW) + (kd * KH + kh) * KW + kw)
-                xv = tl.load(x_base + (x_dh + w * x_w)[None, :], mask=ok, other=0.0)
-                rv = tl.load(r_base + (r_dh + w * r_w)[None, :], mask=ok, other=0.0)
-                adj_x += weight[:, None] * xv.to(tl.float32)
-                adj_r += weight[:, None] * rv.to(tl.float32)
+    adj_x, adj_r = _adjoints(x_base, x_d, x_h, x_w, r_base, r_d, r_h, r_w, filt + e_safe * (KD * KH * KW),
+                             d0, h0, w0, inside, D, H, W, KD, KH, KW, ROWS, BLOCK)
     mask = rows_ok[:, None] & inside[None, :]
     here = b * s_b + e[:, None] * s_c + (d0 * s_d + h0 * s_h + w0 * s_w)[None, :]
     s = tl.load(src + here, mask=mask, other=0.0).to(tl.float32)
@@ -166,21 +153,11 @@ def update_backward_kernel(x, x_b, x_c, x_d, x_h, x_w, rec, r_b, r_c, r_d, r_h, 
         u_total = u
     tl.store(grad_n + here, u_total, mask=mask)
     row = ((b * blocks + block) * (C * R) + e) * (KD * KH * KW)
-    for kd in tl.static_range(KD):
-        d = d0 - (kd - KD // 2)
-        ok_d = inside & (d >= 0) & (d < D)
-        for kh in tl.static_range(KH):
-            h = h0 - (kh - KH // 2)
-            ok_h = ok_d & (h >= 0) & (h < H)
-            x_dh = d * x_d + h * x_h
-            r_dh = d * r_d + h * r_h
-            for kw in tl.static_range(KW):
-                w = w0 - (kw - KW // 2)
-                ok = (ok_h & (w >= 0) & (w < W))[None, :]
-                xv = tl.load(x_base + (x_dh + w * x_w)[None, :], mask=ok, other=0.0).to(tl.float32)
-                rv = tl.load(r_base + (r_dh + w * r_w)[None, :], mask=ok, other=0.0).to(tl.float32)
-                taps = tl.reduce(u * xv + grad_denominator * rv, 1, _ADD)
-                tl.store(partial + row + (kd * KH + kh) * KW + kw, taps, mask=rows_ok)
+    for tap in tl.static_range(KD * KH * KW):
+        d, h, w, ok = _neighbour(tap, -1, d0, h0, w0, inside, D, H, W, KD, KH, KW)
+        xv = tl.load(x_base + (d * x_d + h * x_h + w * x_w)[None, :], mask=ok[None, :], other=0.0).to(tl.float32)
+        rv = tl.load(r_base + (d * r_d + h * r_h + w * r_w)[None, :], mask=ok[None, :], other=0.0).to(tl.float32)
+        tl.store(partial + row + tap, tl.reduce(u * xv + grad_denominator * rv, 1, _ADD), mask=rows_ok)
 
 
 def adjoint_accumulate_kernel(grad_q, grad_r, r_b, r_c, r_d, r_h, r_w, src, s_b, s_c, s_d, s_h, s_w,
@@ -191,38 +168,18 @@ def adjoint_accumulate_kernel(grad_q, grad_r, r_b, r_c, r_d, r_h, r_w, src, s_b,
 
     ``grad_q`` and ``out`` are laid out like ``src`` (strides ``s_*``).
     """
-    block = tl.program_id(0)
-    tile = tl.program_id(1).to(tl.int64)
-    tiles = (C * R + ROWS - 1) // ROWS
-    b = tile // tiles
-    e = (tile % tiles) * ROWS + tl.arange(0, ROWS).to(tl.int64)
-    rows_ok = e < C * R
-    e_safe = tl.minimum(e, C * R - 1)  # rows past the last source read a valid one and store nothing
+    block, b, e, rows_ok, e_safe, inside, d0, h0, w0 = _tile(C * R, D, H, W, ROWS, BLOCK)
     c = e_safe // R
-    p = block * BLOCK + tl.arange(0, BLOCK)
-    inside = p < D * H * W
-    w0 = p % W
-    h0 = (p // W) % H
-    d0 = p // (W * H)
     mask = rows_ok[:, None] & inside[None, :]
     here = b * s_b + e[:, None] * s_c + (d0 * s_d + h0 * s_h + w0 * s_w)[None, :]
     s = tl.load(src + here, mask=mask, other=0.0).to(tl.float32)
     acc = tl.load(grad_q + here, mask=mask, other=0.0)
     r_base = grad_r + b * r_b + c[:, None] * r_c
     row = ((b * blocks + block) * (C * R) + e) * (KD * KH * KW)
-    for kd in tl.static_range(KD):
-        d = d0 - (kd - KD // 2)
-        ok_d = inside & (d >= 0) & (d < D)
-        for kh in tl.static_range(KH):
-            h = h0 - (kh - KH // 2)
-            ok_h = ok_d & (h >= 0) & (h < H)
-            r_dh = d * r_d + h * r_h
-            for kw in tl.static_range(KW):
-                w = w0 - (kw - KW // 2)
-                ok = (ok_h & (w >= 0) & (w < W))[None, :]
-                tap = (kd * KH + kh) * KW + kw
-                weight = tl.load(filt + e_safe * (KD * KH * KW) + tap)
-                rv = tl.load(r_base + (r_dh + w * r_w)[None, :], mask=ok, other=0.0)
-                acc += weight[:, None] * rv
-                tl.store(partial + row + tap, tl.reduce(s * rv, 1, _ADD), mask=rows_ok)
+    for tap in tl.static_range(KD * KH * KW):
+        d, h, w, ok = _neighbour(tap, -1, d0, h0, w0, inside, D, H, W, KD, KH, KW)
+        weight = tl.load(filt + e_safe * (KD * KH * KW) + tap)
+        rv = tl.load(r_base + (d * r_d + h * r_h + w * r_w)[None, :], mask=ok[None, :], other=0.0)
+        acc += weight[:, None] * rv
+        tl.store(partial + row + tap, tl.reduce(s * rv, 1, _ADD), mask=rows_ok)
     tl.store(out + here, acc, mask=mask)

@@ -19,9 +19,7 @@ FORBIDDEN = {
 }
 MAX_LINES = 400
 MAX_FUNCTION_LINES = 60
-# the folders held to MAX_FUNCTION_LINES: the nnU-Net glue, the tools and the trainers
-SHORT_FUNCTION_FOLDERS = (os.path.join(PACKAGE, "nnunet"), os.path.join(PACKAGE, "tools"),
-                          os.path.join(REPO, "trainers"))
+SHORT_FUNCTION_FOLDERS = (PACKAGE, os.path.join(REPO, "trainers"))
 
 
 def _modules(folder):
@@ -49,6 +47,17 @@ def test_each_layer_imports_only_downward(layer):
         for name in _imports(path):
             if any(name == f or name.startswith(f + ".") for f in FORBIDDEN[layer]):
                 offending.append(f"{os.path.relpath(path, REPO)} imports {name}")
+    assert not offending, "\n".join(offending)
+
+
+def test_the_layers_above_ops_use_its_interface_only():
+    """``nnunetv2_deconver.ops`` exports what the other layers use; its modules are its own."""
+    ops = os.path.join(PACKAGE, "ops")
+    own_modules = {f"nnunetv2_deconver.ops.{name[:-3]}" for name in os.listdir(ops) if name.endswith(".py")}
+    offending = [f"{os.path.relpath(path, REPO)} imports {name}"
+                 for folder in (PACKAGE, os.path.join(REPO, "trainers")) for path in _modules(folder)
+                 if not path.startswith(ops + os.sep) for name in _imports(path)
+                 if any(name == m or name.startswith(m + ".") for m in own_modules)]
     assert not offending, "\n".join(offending)
 
 
