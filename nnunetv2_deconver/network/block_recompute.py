@@ -1,8 +1,9 @@
 """Recomputation regions: how a Deconver block keeps little for backward, on every path.
 
-A pre-norm block computes ``z = x + mixer(norm1(x))`` and ``y = z + mlp(norm2(z))``. Plain autograd keeps
-about 22 C values per voxel of each block for backward (norm inputs and outputs, the ReLU output, the
-source ``S0`` (R*C), ``K(S0)``, the NDC output (R*C), the MLP's hidden layer twice (alpha*C each)).
+A pre-norm block computes ``z = x + mixer(norm1(x))`` and ``y = z + mlp(norm2(z))``. Plain autograd with the
+memory-lean NDC keeps ``(6 + 2 R + 2 alpha) C`` values per voxel of each block for backward, 22 C at the paper's
+R = alpha = 4 (norm inputs and outputs, the ReLU output, the source ``S0`` (R*C), ``K(S0)``, the NDC output
+(R*C), the MLP's hidden layer before and after GELU (alpha*C each); tested).
 
 Here each half runs in *regions* under non-reentrant ``torch.utils.checkpoint``: a region keeps only its
 input (``x``, then ``z``: one tensor shared by all regions of a half) and is run again in backward, where

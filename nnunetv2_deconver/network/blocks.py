@@ -85,7 +85,7 @@ class DeconverBlock(nn.Module):
 
     * ``"regions"`` (default): each half runs in checkpoint regions that keep only their input, ``x`` then
       ``z``, and are recomputed in backward one region at a time
-      (:mod:`nnunetv2_deconver.network.block_recompute`): ``2 C`` values per voxel instead of about 22 C;
+      (:mod:`nnunetv2_deconver.network.block_recompute`): ``2 C`` values per voxel instead of 22 C (at R = alpha = 4);
     * ``"block"``: the whole block is one checkpoint that keeps only ``x`` (``C`` values per voxel) and runs
       at once in backward: less kept, a larger backward workspace;
     * ``"plain"``: plain autograd, which keeps everything (with the naive NDC, twice differentiable).

@@ -11,7 +11,6 @@ It never writes over nnU-Net's own plans, nor over a file it did not write itsel
 latter). Then ``nnUNetv2_train D CONFIG FOLD -tr nnUNetTrainerDeconver -p nnUNetDeconverPlans``.
 """
 import copy
-import math
 import os
 import re
 from typing import Callable, List, Optional
@@ -22,6 +21,7 @@ from nnunetv2_deconver.nnunet.files import FileBusyError, exclusive, load_json, 
 from nnunetv2_deconver.nnunet.plans import (DEFAULT_FRAGMENTS, PlanError, check_deconver_kwargs, fill_fragment,
                                             load_fragment)
 from nnunetv2_deconver.network.deconver import stride_divisor
+from nnunetv2_deconver.ops import is_integer, is_number
 
 __all__ = ["deconver_configuration", "plan_dataset", "check_plans_name", "check_options", "MARKER"]
 
@@ -231,11 +231,9 @@ def _link_cascade(configurations: dict, stock_configurations: dict, dataset_name
 
 def check_options(gpu_memory_gb, base_channels) -> None:
     """Raise PlanError unless the memory target is a finite number of GB > 0 and C0 an integer in 1..512."""
-    if isinstance(gpu_memory_gb, bool) or not isinstance(gpu_memory_gb, (int, float)) or \
-            not math.isfinite(gpu_memory_gb) or gpu_memory_gb <= 0:
+    if not is_number(gpu_memory_gb) or gpu_memory_gb <= 0:
         raise PlanError(f"-gpu_memory_target must be a finite number of GB > 0 (e.g. 8, nnU-Net's reference), "
                         f"got {gpu_memory_gb}")
-    if isinstance(base_channels, bool) or not isinstance(base_channels, int) or \
-            not 1 <= base_channels <= MAX_BASE_CHANNELS:
+    if not is_integer(base_channels) or not 1 <= base_channels <= MAX_BASE_CHANNELS:
         raise PlanError(f"-base_channels must be an integer from 1 to {MAX_BASE_CHANNELS} (the paper: 32 or 64), "
                         f"got {base_channels}")

@@ -76,16 +76,23 @@ class WithoutTestTimeMirroring:
         return rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, None
 
 
-class SmokeRun(WithoutTestTimeMirroring):
-    """One epoch of 2 training and 1 validation iteration: the whole pipeline (training, checkpoints,
-    final validation, inference) in seconds on a CPU, for tests."""
+class FixedBudget(WithoutTestTimeMirroring):
+    """A fixed training length for tests: ``budget = (epochs, training iterations, validation iterations)``
+    per epoch."""
+
+    budget = (1, 2, 1)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.budget
+
+
+class SmokeRun(FixedBudget):
+    """One epoch of 2 training and 1 validation iteration: the whole pipeline (training, checkpoints,
+    final validation, inference) in seconds on a CPU, for tests."""
+
+    budget = (1, 2, 1)
 
 
 class DemoRun(WithoutTestTimeMirroring):

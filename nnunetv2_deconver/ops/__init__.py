@@ -5,7 +5,7 @@ The names below are the interface the layers above use; the modules behind them 
 from nnunetv2_deconver.ops.by_dimension import (CHANNELS_LAST, CONV, CONV_FN, CONV_TRANSPOSED, CONV_TRANSPOSED_FN,
                                                 INSTANCE_NORM, LINEAR_MODE)
 from nnunetv2_deconver.ops.checks import (check_choice, check_integers, check_odd_kernel, check_receptive_field,
-                                          check_update_options, is_integer)
+                                          check_update_options, is_integer, is_number)
 from nnunetv2_deconver.ops.dtc import DeformableTransposedConv, deformable_sample, sampling_lambda
 from nnunetv2_deconver.ops.layout import memory_format_of, to_layout
 from nnunetv2_deconver.ops.ndc import NDC, nonnegative_deconvolution
@@ -15,6 +15,7 @@ from nnunetv2_deconver.ops.ndc_paths import PATHS, NdcPath
 
 __all__ = ["CHANNELS_LAST", "CONV", "CONV_FN", "CONV_TRANSPOSED", "CONV_TRANSPOSED_FN", "INSTANCE_NORM",
            "LINEAR_MODE", "check_choice", "check_integers", "check_odd_kernel", "check_receptive_field",
-           "check_update_options", "is_integer", "DeformableTransposedConv", "deformable_sample", "sampling_lambda",
-           "memory_format_of", "to_layout", "NDC", "nonnegative_deconvolution", "IMPLEMENTATIONS", "compute_layout",
-           "force_implementation", "forced_implementation", "select_implementation", "PATHS", "NdcPath"]
+           "check_update_options", "is_integer", "is_number", "DeformableTransposedConv", "deformable_sample",
+           "sampling_lambda", "memory_format_of", "to_layout", "NDC", "nonnegative_deconvolution", "IMPLEMENTATIONS",
+           "compute_layout", "force_implementation", "forced_implementation", "select_implementation", "PATHS",
+           "NdcPath"]

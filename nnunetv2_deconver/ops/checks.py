@@ -8,7 +8,7 @@ import math
 import numbers
 from typing import Collection, Optional, Sequence, Tuple
 
-__all__ = ["is_integer", "check_integers", "check_choice", "check_odd_kernel", "check_receptive_field",
+__all__ = ["is_integer", "is_number", "check_integers", "check_choice", "check_odd_kernel", "check_receptive_field",
            "check_update_options"]
 
 
@@ -16,7 +16,7 @@ def is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -44,7 +44,7 @@ def check_odd_kernel(kernel: Sequence, name: str, dims: Collection[int] = (1, 2,
 
 def check_receptive_field(value: Optional[float], name: str = "receptive_field") -> None:
     """DTC's receptive field: a finite number of input pixels > 0, or ``None`` for unrestricted."""
-    if value is not None and not (_is_number(value) and value > 0):
+    if value is not None and not (is_number(value) and value > 0):
         raise ValueError(f"{name} must be a finite number of input pixels > 0 (paper: 2, 4, 10) or None for "
                          f"unrestricted, got {value!r}")
 
@@ -57,7 +57,7 @@ def check_update_options(eps: float, iterations: int, zero_eps_allowed: bool = F
     0/0 and its loss turns NaN. The function alone admits 0, the setting of Theorem 1, for strictly
     positive operands.
     """
-    if not (_is_number(eps) and (eps >= 0 if zero_eps_allowed else eps > 0)):
+    if not (is_number(eps) and (eps >= 0 if zero_eps_allowed else eps > 0)):
         bound = ">= 0" if zero_eps_allowed else "> 0"
         raise ValueError(f"NDC eps must be a finite number {bound} (the paper's is 1e-8), got {eps!r}")
     check_integers(iterations, "NDC iterations")

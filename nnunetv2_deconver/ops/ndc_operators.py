@@ -42,9 +42,9 @@ _SUMMED_CHANNELS = 8
 class Operators:
     """``K``, ``A`` and the filter gradient for one filter, in one compute dtype and layout.
 
-    In the channels-last layout ``A`` runs as a convolution with ``V^-`` (on the CPU that form is
-    several times faster than ``conv_transpose``, and so is its weight gradient); in the inputs' own
-    layout it runs as ``conv_transpose`` with ``V``, the very kernels of the naive composition.
+    In the channels-last layout ``A`` runs as a convolution with ``V^-`` (on the CPU that form is several
+    times faster than ``conv_transpose``, and so is its weight gradient: docs/performance.md); in the inputs'
+    own layout it runs as ``conv_transpose`` with ``V``, the very kernels of the naive composition.
     """
 
     def __init__(self, filters: torch.Tensor, groups: int, dtype: torch.dtype,

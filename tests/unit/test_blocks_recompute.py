@@ -94,8 +94,21 @@ def test_block_saves_its_input_and_its_midpoint_only(shape, kernel):
     x = torch.rand(shape, requires_grad=True)
     # x and z = x + mixer(norm1(x)), each (B, C, *spatial) in float32
     assert saved_tensor_bytes(lambda: block(x), exclude=block.parameters()) == 2 * 4 * math.prod(shape)
-    block.memory = "plain"  # plain autograd keeps the block's intermediates: many times more
-    assert saved_tensor_bytes(lambda: block(x), exclude=block.parameters()) > 8 * 2 * 4 * math.prod(shape)
+
+
+@pytest.mark.parametrize("implementation", ["recompute", "channels_last"])
+@pytest.mark.parametrize("ratio,mlp_ratio", [(4, 4), (2, 3)])
+def test_plain_block_keeps_6_plus_2r_plus_2alpha_channels_per_voxel(implementation, ratio, mlp_ratio):
+    """What the module docstrings count: x, norm1(x), h, S0 (R C), K(S0), the update (R C), z, norm2(z) and
+    the MLP's hidden layer before and after GELU (alpha C each), plus the rectified filter and the norms'
+    mean and inverse deviation per sample and channel: 22 C per voxel at the paper's R = alpha = 4."""
+    b, c, spatial, kernel = 2, 8, (6, 5, 4), (3, 3, 3)
+    block = DeconverBlock(c, kernel, ratio=ratio, mlp_ratio=mlp_ratio, memory="plain")
+    x = torch.rand(b, c, *spatial, requires_grad=True)
+    activations = (6 + 2 * ratio + 2 * mlp_ratio) * c * b * math.prod(spatial)
+    values = activations + c * ratio * math.prod(kernel) + 2 * 2 * b * c  # + rectified filter, norm statistics
+    with force_implementation(implementation):
+        assert saved_tensor_bytes(lambda: block(x), exclude=block.parameters()) == 4 * values
 
 
 def _expected_network_saved_bytes(batch, input_channels, patch, widths, strides):

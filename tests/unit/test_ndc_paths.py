@@ -12,7 +12,7 @@ from nnunetv2_deconver.network import Deconver
 from nnunetv2_deconver.network.costs import saved_tensor_bytes
 from nnunetv2_deconver.network.presets import PAPER_PRESETS, paper_widths
 
-from helpers.implementations import RUNNABLE, max_relative_error, run_with_gradients
+from helpers.implementations import RUNNABLE, max_relative_error, run_under_bf16_autocast, run_with_gradients
 
 FAST = [name for name in RUNNABLE if name != "naive"]
 CASES = [  # (spatial, kernel, C, E, groups)
@@ -78,17 +78,7 @@ def test_only_requested_gradients_are_computed(implementation):
 @pytest.mark.parametrize("implementation", FAST)
 def test_autocast_bf16_computes_in_fp32_like_naive(implementation):
     operands, grad = _operands((6, 5, 4), (3, 3, 3), 4, 16, 4)
-    results = {}
-    for name in ("naive", implementation):
-        for tensor in operands:
-            tensor.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            x, source, filters = operands
-            out = nonnegative_deconvolution(x.to(torch.bfloat16), source.to(torch.bfloat16), filters, 4,
-                                            implementation=name)
-        assert out.dtype == torch.float32
-        out.backward(grad)
-        results[name] = out.detach(), [t.grad.clone() for t in operands]
+    results = {name: run_under_bf16_autocast(name, operands, grad, 4) for name in ("naive", implementation)}
     assert max_relative_error(results[implementation][0], results["naive"][0]) <= 1e-5
     for got, ref in zip(results[implementation][1], results["naive"][1]):
         assert got.dtype == torch.float32

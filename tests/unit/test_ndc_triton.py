@@ -16,7 +16,7 @@ from nnunetv2_deconver.ops import ndc_triton
 from nnunetv2_deconver.ops.ndc import NDC, nonnegative_deconvolution
 from nnunetv2_deconver.ops.ndc_dispatch import IMPLEMENTATIONS, force_implementation, select_implementation
 
-from helpers.implementations import max_relative_error, run_with_gradients
+from helpers.implementations import max_relative_error, run_under_bf16_autocast, run_with_gradients
 
 pytestmark = pytest.mark.skipif(not ndc_triton.triton_available(), reason="Triton is not installed")
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled kernels)")
@@ -90,17 +90,7 @@ def test_half_inputs_are_read_in_place_and_computed_in_fp32(interpreter, dtype):
 
 def test_autocast_output_is_fp32_like_naive(interpreter):
     operands, grad = _operands((5, 4), (3, 3), 2, 4)
-    results = {}
-    for name in ("naive", "triton"):
-        for tensor in operands:
-            tensor.grad = None
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            x, source, filters = operands
-            out = nonnegative_deconvolution(x.to(torch.bfloat16), source.to(torch.bfloat16), filters, 2,
-                                            implementation=name)
-        assert out.dtype == torch.float32
-        out.backward(grad)
-        results[name] = out.detach(), [t.grad.clone() for t in operands]
+    results = {name: run_under_bf16_autocast(name, operands, grad, 2) for name in ("naive", "triton")}
     assert max_relative_error(results["triton"][0], results["naive"][0]) <= 1e-5
     for got, ref in zip(results["triton"][1], results["naive"][1]):
         assert max_relative_error(got, ref) <= 1e-4

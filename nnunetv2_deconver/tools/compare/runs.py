@@ -10,6 +10,7 @@ import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunetv2_deconver.nnunet.files import load_json
+from nnunetv2_deconver.ops import is_integer
 from nnunetv2_deconver.tools.compare.records import NnunetFolders, ProblemKind, Problems, Run
 
 __all__ = ["CompareError", "Run", "log", "find_runs", "reference_folder", "cases_in", "check_cases",
@@ -89,7 +90,7 @@ def read_dataset_json(run_name: str, folders: Sequence[str]) -> dict:
         raise CompareError([f"{run_name}: {path} has no 'labels' object with \"background\": 0; {fix}"])
     for name, value in labels.items():
         members = value if isinstance(value, list) else [value]
-        if not members or not all(isinstance(v, int) and not isinstance(v, bool) for v in members):
+        if not members or not all(is_integer(v) for v in members):
             raise CompareError([f"{run_name}: {path}: label '{name}' is {value!r}, not an integer or a list of "
                                 f"integers; {fix}"])
     ending = dataset_json.get("file_ending")

@@ -10,7 +10,7 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_deconver.nnunet.trainer_mixins import WithoutTestTimeMirroring
+from nnunetv2_deconver.nnunet.trainer_mixins import FixedBudget
 from nnunetv2_deconver.trainers.variants.optimizer.nnUNetTrainerDeconverSGD import nnUNetTrainerDeconverSGD
 
 SEED_VARIABLE = "NNUNETV2_DECONVER_TEST_SEED"
@@ -26,16 +26,11 @@ def _single_threaded_and_seeded() -> None:
     torch.manual_seed(seed)
 
 
-class nnUNetTrainer_learn(WithoutTestTimeMirroring, nnUNetTrainer):
+class nnUNetTrainer_learn(FixedBudget, nnUNetTrainer):
     """Stock nnU-Net, the baseline: 6 epochs of 20 training iterations (120 SGD steps), 1 validation
-    iterations per epoch, seeded before the network is built and again before the first batch."""
+    iteration per epoch, seeded before the network is built and again before the first batch."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 6
-        self.num_iterations_per_epoch = 20
-        self.num_val_iterations_per_epoch = 1
+    budget = (6, 20, 1)
 
     def initialize(self):
         _single_threaded_and_seeded()
