@@ -6,13 +6,18 @@ nnU-Net's exact signature, because nnU-Net records a trainer's init arguments fr
 The demo passes its budget to its ``nnUNetv2_train`` subprocesses through environment variables, as
 the constructor admits no extra argument.
 """
+import math
 import os
+import random
 
+import numpy as np
 import torch
+
+from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
 
 __all__ = ["AtomicCheckpoints", "PeakGPUMemoryLog", "PEAK_MEMORY_LOG_PREFIX", "WithoutTestTimeMirroring", "SmokeRun",
            "DemoRun", "GradScalerSkipLog", "SKIPPED_STEPS_LOG_PREFIX", "TimedRun", "EPOCHS_VARIABLE",
-           "ITERATIONS_VARIABLE", "DEFAULT_EPOCHS", "DEFAULT_ITERATIONS"]
+           "ITERATIONS_VARIABLE", "DEFAULT_EPOCHS", "DEFAULT_ITERATIONS", "StudyRun", "STUDY_PREFIX", "study_recipe"]
 
 EPOCHS_VARIABLE = "NNUNETV2_DECONVER_DEMO_EPOCHS"
 ITERATIONS_VARIABLE = "NNUNETV2_DECONVER_DEMO_ITERATIONS"
@@ -141,3 +146,72 @@ class TimedRun(GradScalerSkipLog, DemoRun):
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("Final validation skipped (TimedRun measures training only)")
+
+
+STUDY_PREFIX = "NNUNETV2_DECONVER_STUDY_"
+# recipe key -> (parser, check, what a valid value is); every key is optional: unset keeps the trainer's own
+_STUDY_KEYS = {
+    "EPOCHS": (int, lambda v: v >= 1, "an integer >= 1"),
+    "ITERATIONS": (int, lambda v: v >= 1, "an integer >= 1"),
+    "SEED": (int, lambda v: True, "an integer"),
+    "LR": (float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "WARMUP": (float, lambda v: 0 <= v <= 1, "a fraction from 0 to 1"),
+    "OPTIMIZER": (str, lambda v: v in ("adamw", "sgd"), "'adamw' (warm-up, cosine) or 'sgd' (nnU-Net's: poly)"),
+    "DEEP_SUPERVISION": (int, lambda v: v in (0, 1), "0 or 1"),
+}
+
+
+def study_recipe(environ=None) -> dict:
+    """The recipe a study run takes from ``NNUNETV2_DECONVER_STUDY_<KEY>`` variables (keys of ``_STUDY_KEYS``,
+    lower-cased); ValueError naming the variable for a value outside its range."""
+    environ = os.environ if environ is None else environ
+    recipe = {}
+    for key, (parse, check, valid) in _STUDY_KEYS.items():
+        text = environ.get(STUDY_PREFIX + key)
+        if text is None:
+            continue
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not check(value):
+            raise ValueError(f"{STUDY_PREFIX}{key} must be {valid}, got {text!r}")
+        recipe[key.lower()] = value
+    return recipe
+
+
+class StudyRun(GradScalerSkipLog):
+    """A run of a recipe study (``benchmarks/recipe_study.py``): budget, optimiser, learning rate, warm-up,
+    deep supervision and seed from :func:`study_recipe`, everything else the base trainer's (its final
+    sliding-window validation with test-time mirroring included), and each epoch's GradScaler skips in the
+    log. Validation iterations per epoch: a fifth of the training iterations, at least 1."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        recipe = self.study_recipe = study_recipe()
+        self.num_epochs = recipe.get("epochs", self.num_epochs)
+        self.num_iterations_per_epoch = recipe.get("iterations", self.num_iterations_per_epoch)
+        self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
+        self.initial_lr = recipe.get("lr", self.initial_lr)
+        self.warmup_fraction = recipe.get("warmup", getattr(self, "warmup_fraction", 0.01))
+        if "deep_supervision" in recipe:
+            self.enable_deep_supervision = bool(recipe["deep_supervision"])
+
+    def initialize(self):
+        if "seed" in self.study_recipe:  # before the network's weights are drawn
+            seed = self.study_recipe["seed"]
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        super().initialize()
+
+    def configure_optimizers(self):
+        optimizer = self.study_recipe.get("optimizer")
+        if optimizer == "sgd":
+            from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+            return nnUNetTrainer.configure_optimizers(self)
+        if optimizer == "adamw":
+            adamw = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+            return adamw, WarmupCosineLRScheduler(adamw, self.initial_lr, self.num_epochs, self.warmup_fraction)
+        return super().configure_optimizers()

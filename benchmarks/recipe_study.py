@@ -1,0 +1,120 @@
+"""Stock nnU-Net against Deconver training recipes at an equal budget, through ``nnUNetv2_train``.
+
+Each recipe is one ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -device cpu`` process of the study
+trainers (``trainers/variants/benchmarking/nnUNetTrainerDeconver_study.py``), whose budget and recipe come from
+``NNUNETV2_DECONVER_STUDY_*`` variables. nnU-Net's final validation predicts the fold's validation cases by
+sliding window with test-time mirroring, as users' runs do; its ``summary.json`` gives the Dice per class.
+Every run gets a results folder of its own under ``--out`` (``nnUNet_results`` is set per run), so runs of
+one trainer with different recipes never meet; a run whose summary exists is not run again.
+
+    python benchmarks/inia19_dataset.py && nnUNetv2_plan_and_preprocess -d 510 -c 2d
+    python benchmarks/recipe_study.py -d 510 --out study --epochs 10 --iterations 50 --recipes stock paper sgd
+
+Writes ``--out/results.json`` (per run: recipe, seed, wall time, mean foreground Dice, Dice per class, the
+per-epoch pseudo Dice and losses) and prints a markdown table.
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+
+BIN = Path(sys.executable).parent
+STOCK, DECONVER = "nnUNetTrainer_study", "nnUNetTrainerDeconver_study"
+# name -> (trainer, recipe variables without the NNUNETV2_DECONVER_STUDY_ prefix)
+RECIPES: Dict[str, Tuple[str, Dict[str, str]]] = {
+    "stock": (STOCK, {}),
+    "paper": (DECONVER, {}),  # AdamW 1e-4, weight decay 1e-5, 1% warm-up, cosine (the default trainer)
+    "sgd": (DECONVER, {"OPTIMIZER": "sgd"}),  # nnU-Net's SGD: lr 1e-2, Nesterov 0.99, poly
+    "adamw3e-4": (DECONVER, {"LR": "3e-4"}),
+    "adamw1e-3": (DECONVER, {"LR": "1e-3"}),
+    "adamw1e-3-warmup10": (DECONVER, {"LR": "1e-3", "WARMUP": "0.1"}),
+    "paper-no-ds": (DECONVER, {"DEEP_SUPERVISION": "0"}),
+    "adamw1e-3-no-ds": (DECONVER, {"LR": "1e-3", "DEEP_SUPERVISION": "0"}),
+}
+
+
+def _fold_folder(results: Path, trainer: str, configuration: str, fold: int) -> Path:
+    matches = glob.glob(str(results / "Dataset*" / f"{trainer}__*__{configuration}" / f"fold_{fold}"))
+    if len(matches) != 1:
+        raise FileNotFoundError(f"expected one fold folder of {trainer} under {results}, found {matches}")
+    return Path(matches[0])
+
+
+def _record(fold_folder: Path, seconds: float) -> dict:
+    summary = json.loads((fold_folder / "validation" / "summary.json").read_text())
+    log = torch.load(fold_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+    return {"seconds": seconds, "mean_fg_dice": summary["foreground_mean"]["Dice"],
+            "dice_per_class": {k: v["Dice"] for k, v in summary["mean"].items()},
+            "pseudo_dice_per_epoch": log["mean_fg_dice"], "train_loss_per_epoch": log["train_losses"],
+            "val_loss_per_epoch": log["val_losses"],
+            "epoch_seconds": [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]}
+
+
+def run(dataset: str, configuration: str, fold: int, recipe: str, seed: int, budget: Dict[str, str],
+        out: Path) -> dict:
+    """One study run, or its stored record where its summary already exists."""
+    trainer, variables = RECIPES[recipe]
+    results = out / f"{recipe}_fold{fold}_seed{seed}"
+    record_file = results / "record.json"
+    if record_file.exists():
+        return json.loads(record_file.read_text())
+    from nnunetv2_deconver.nnunet.trainer_discovery import trainers_folder
+    env = dict(os.environ, nnUNet_results=str(results), nnUNet_extTrainer=trainers_folder(), nnUNet_compile="f",
+               nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "1"),
+               **{f"NNUNETV2_DECONVER_STUDY_{k}": v for k, v in {**budget, **variables, "SEED": str(seed)}.items()})
+    command = [str(BIN / "nnUNetv2_train"), dataset, configuration, str(fold), "-tr", trainer, "-device", "cpu"]
+    start = time.perf_counter()
+    with open(out / f"{recipe}_fold{fold}_seed{seed}.log", "w") as log:
+        subprocess.run(command, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+    record = {"recipe": recipe, "trainer": trainer, "variables": variables, "fold": fold, "seed": seed,
+              "budget": budget, **_record(_fold_folder(results, trainer, configuration, fold),
+                                          time.perf_counter() - start)}
+    record_file.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def table(records: List[dict]) -> str:
+    classes = sorted({c for r in records for c in r["dice_per_class"]}, key=int)
+    lines = ["| recipe | fold | seed | wall time | mean fg Dice | " + " | ".join(f"class {c}" for c in classes) + " |",
+             "|---|---|---|---|---|" + "---|" * len(classes)]
+    for r in records:
+        per_class = " | ".join(f"{r['dice_per_class'][c]:.3f}" for c in classes)
+        lines.append(f"| {r['recipe']} | {r['fold']} | {r['seed']} | {r['seconds'] / 60:.1f} min | "
+                     f"{r['mean_fg_dice']:.3f} | {per_class} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-d", "--dataset", default="510")
+    parser.add_argument("-c", "--configuration", default="2d")
+    parser.add_argument("--folds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--recipes", nargs="+", default=["stock", "paper"], choices=list(RECIPES))
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=50, help="training iterations per epoch")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    budget = {"EPOCHS": str(args.epochs), "ITERATIONS": str(args.iterations)}
+    records = []
+    for fold in args.folds:
+        for seed in args.seeds:
+            for recipe in args.recipes:  # interleaved: each recipe of a fold and seed before the next
+                records.append(run(args.dataset, args.configuration, fold, recipe, seed, budget, args.out))
+                print(f"{recipe} fold {fold} seed {seed}: mean fg Dice {records[-1]['mean_fg_dice']:.3f} "
+                      f"in {records[-1]['seconds'] / 60:.1f} min", flush=True)
+    (args.out / "results.json").write_text(json.dumps(records, indent=2))
+    print(table(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
