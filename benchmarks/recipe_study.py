@@ -11,11 +11,12 @@ one trainer with different recipes never meet; a run whose summary exists is not
     python benchmarks/recipe_study.py -d 510 --out study --epochs 10 --iterations 50 --recipes stock paper sgd
 
 Writes ``--out/results.json`` (per run: recipe, seed, wall time, mean foreground Dice, Dice per class, the
-per-epoch pseudo Dice and losses) and prints a markdown table.
+per-epoch pseudo Dice and losses) and ``--out/curves.png``, and prints a markdown table.
 """
 import argparse
 import glob
 import json
+import math
 import os
 import subprocess
 import sys
@@ -50,11 +51,19 @@ def _fold_folder(results: Path, trainer: str, configuration: str, fold: int) -> 
 def _record(fold_folder: Path, seconds: float) -> dict:
     summary = json.loads((fold_folder / "validation" / "summary.json").read_text())
     log = torch.load(fold_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
-    return {"seconds": seconds, "mean_fg_dice": summary["foreground_mean"]["Dice"],
-            "dice_per_class": {k: v["Dice"] for k, v in summary["mean"].items()},
-            "pseudo_dice_per_epoch": log["mean_fg_dice"], "train_loss_per_epoch": log["train_losses"],
-            "val_loss_per_epoch": log["val_losses"],
+    per_class = {k: v["Dice"] for k, v in summary["mean"].items()}
+    # a class no validation case holds has no Dice (nnU-Net: NaN); the mean is over the classes that have one
+    defined = [d for d in per_class.values() if not math.isnan(d)]
+    return {"seconds": seconds, "mean_fg_dice": sum(defined) / len(defined),
+            "classes_without_reference": sorted(k for k, d in per_class.items() if math.isnan(d)),
+            "dice_per_class": per_class,
+            "pseudo_dice_per_epoch": _floats(log["mean_fg_dice"]), "train_loss_per_epoch": _floats(log["train_losses"]),
+            "val_loss_per_epoch": _floats(log["val_losses"]),
             "epoch_seconds": [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]}
+
+
+def _floats(values) -> List[float]:
+    return [float(v) for v in values]  # nnU-Net's logger holds numpy scalars
 
 
 def run(dataset: str, configuration: str, fold: int, recipe: str, seed: int, budget: Dict[str, str],
@@ -91,6 +100,24 @@ def table(records: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(records: List[dict], path: Path) -> None:
+    """Per-epoch pseudo Dice (nnU-Net's validation-patch Dice) and training loss of every run, one line each."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, (dice, loss) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for r in records:
+        label = f"{r['recipe']} (fold {r['fold']}, seed {r['seed']})"
+        epochs = range(1, len(r["pseudo_dice_per_epoch"]) + 1)
+        dice.plot(epochs, r["pseudo_dice_per_epoch"], label=label)
+        loss.plot(epochs, r["train_loss_per_epoch"], label=label)
+    dice.set(xlabel="epoch", ylabel="pseudo Dice (validation patches)")
+    loss.set(xlabel="epoch", ylabel="training loss")
+    dice.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", "--dataset", default="510")
@@ -112,6 +139,7 @@ def main(argv=None) -> int:
                 print(f"{recipe} fold {fold} seed {seed}: mean fg Dice {records[-1]['mean_fg_dice']:.3f} "
                       f"in {records[-1]['seconds'] / 60:.1f} min", flush=True)
     (args.out / "results.json").write_text(json.dumps(records, indent=2))
+    plot(records, args.out / "curves.png")
     print(table(records))
     return 0
 
