@@ -10,13 +10,12 @@ one trainer with different recipes never meet; a run whose summary exists is not
     python benchmarks/inia19_dataset.py && nnUNetv2_plan_and_preprocess -d 510 -c 2d
     python benchmarks/recipe_study.py -d 510 --out study --epochs 10 --iterations 50 --recipes stock paper sgd
 
-Writes ``--out/results.json`` (per run: recipe, seed, wall time, mean foreground Dice, Dice per class, the
-per-epoch pseudo Dice and losses) and ``--out/curves.png``, and prints a markdown table.
+Writes ``--out/results.json`` (per run: recipe, seed, wall time, mean foreground Dice and HD95, both per class,
+the per-epoch pseudo Dice and losses) and ``--out/curves.png``, and prints a markdown table.
 """
 import argparse
 import glob
 import json
-import math
 import os
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 
 BIN = Path(sys.executable).parent
@@ -51,15 +51,39 @@ def _fold_folder(results: Path, trainer: str, configuration: str, fold: int) -> 
 def _record(fold_folder: Path, seconds: float) -> dict:
     summary = json.loads((fold_folder / "validation" / "summary.json").read_text())
     log = torch.load(fold_folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
-    per_class = {k: v["Dice"] for k, v in summary["mean"].items()}
-    # a class no validation case holds has no Dice (nnU-Net: NaN); the mean is over the classes that have one
-    defined = [d for d in per_class.values() if not math.isnan(d)]
-    return {"seconds": seconds, "mean_fg_dice": sum(defined) / len(defined),
-            "classes_without_reference": sorted(k for k, d in per_class.items() if math.isnan(d)),
-            "dice_per_class": per_class,
+    return {"seconds": seconds, "dice_per_class": {k: v["Dice"] for k, v in summary["mean"].items()},
             "pseudo_dice_per_epoch": _floats(log["mean_fg_dice"]), "train_loss_per_epoch": _floats(log["train_losses"]),
             "val_loss_per_epoch": _floats(log["val_losses"]),
             "epoch_seconds": [e - s for s, e in zip(log["epoch_start_timestamps"], log["epoch_end_timestamps"])]}
+
+
+def _scored(record: dict, fold_folder: Path) -> dict:
+    """``record`` with the means over the classes the fold's validation references hold and HD95 per class.
+
+    Dice per class is nnU-Net's (``summary.json``: the mean over the cases where the class is in the reference
+    or the prediction). HD95 (mm, ``nnunetv2_deconver.tools.metrics``) is averaged over the same cases; a
+    class that one of the two masks misses counts as the image's diagonal. A class no reference holds has no
+    overlap to score (its false positives can only give 0), so it is left out of both means and listed.
+    """
+    import SimpleITK as sitk
+    from nnunetv2_deconver.tools.metrics import case_metrics
+    dataset_json = json.loads((fold_folder.parent / "dataset.json").read_text())
+    truth = Path(os.environ["nnUNet_preprocessed"]) / fold_folder.parent.parent.name / "gt_segmentations"
+    labels = sorted(v for v in dataset_json["labels"].values() if v != 0)
+    distances = {label: [] for label in labels}
+    present = set()
+    for predicted in sorted((fold_folder / "validation").glob("*" + dataset_json["file_ending"])):
+        image = sitk.ReadImage(str(truth / predicted.name))
+        reference, prediction = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(sitk.ReadImage(str(predicted)))
+        present |= set(np.unique(reference).tolist())
+        for label, (_, distance) in case_metrics(reference, prediction, image.GetSpacing()[::-1], labels).items():
+            if (reference == label).any() or (prediction == label).any():
+                distances[label].append(distance)
+    hd95 = {str(label): float(np.mean(d)) if d else 0.0 for label, d in distances.items()}
+    scored = [str(label) for label in labels if label in present]
+    return {**record, "classes_without_reference": [str(label) for label in labels if label not in present],
+            "mean_fg_dice": float(np.mean([record["dice_per_class"][c] for c in scored])),
+            "hd95_per_class": hd95, "mean_fg_hd95": float(np.mean([hd95[c] for c in scored]))}
 
 
 def _floats(values) -> List[float]:
@@ -73,7 +97,9 @@ def run(dataset: str, configuration: str, fold: int, recipe: str, seed: int, bud
     results = out / f"{recipe}_fold{fold}_seed{seed}"
     record_file = results / "record.json"
     if record_file.exists():
-        return json.loads(record_file.read_text())
+        record = _scored(json.loads(record_file.read_text()), _fold_folder(results, trainer, configuration, fold))
+        record_file.write_text(json.dumps(record, indent=2))
+        return record
     from nnunetv2_deconver.nnunet.trainer_discovery import trainers_folder
     env = dict(os.environ, nnUNet_results=str(results), nnUNet_extTrainer=trainers_folder(), nnUNet_compile="f",
                nnUNet_n_proc_DA=os.environ.get("nnUNet_n_proc_DA", "1"),
@@ -82,21 +108,24 @@ def run(dataset: str, configuration: str, fold: int, recipe: str, seed: int, bud
     start = time.perf_counter()
     with open(out / f"{recipe}_fold{fold}_seed{seed}.log", "w") as log:
         subprocess.run(command, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
-    record = {"recipe": recipe, "trainer": trainer, "variables": variables, "fold": fold, "seed": seed,
-              "budget": budget, **_record(_fold_folder(results, trainer, configuration, fold),
-                                          time.perf_counter() - start)}
+    seconds = time.perf_counter() - start
+    fold_folder = _fold_folder(results, trainer, configuration, fold)
+    record = _scored({"recipe": recipe, "trainer": trainer, "variables": variables, "fold": fold, "seed": seed,
+                         "budget": budget, **_record(fold_folder, seconds)}, fold_folder)
     record_file.write_text(json.dumps(record, indent=2))
     return record
 
 
 def table(records: List[dict]) -> str:
     classes = sorted({c for r in records for c in r["dice_per_class"]}, key=int)
-    lines = ["| recipe | fold | seed | wall time | mean fg Dice | " + " | ".join(f"class {c}" for c in classes) + " |",
-             "|---|---|---|---|---|" + "---|" * len(classes)]
+    lines = ["| recipe | fold | seed | iterations | wall time | mean fg Dice | mean fg HD95 (mm) | "
+             + " | ".join(f"class {c}" for c in classes) + " |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(classes)]
     for r in records:
         per_class = " | ".join(f"{r['dice_per_class'][c]:.3f}" for c in classes)
-        lines.append(f"| {r['recipe']} | {r['fold']} | {r['seed']} | {r['seconds'] / 60:.1f} min | "
-                     f"{r['mean_fg_dice']:.3f} | {per_class} |")
+        iterations = int(r["budget"]["EPOCHS"]) * int(r["budget"]["ITERATIONS"])
+        lines.append(f"| {r['recipe']} | {r['fold']} | {r['seed']} | {iterations} | {r['seconds'] / 60:.1f} min | "
+                     f"{r['mean_fg_dice']:.3f} | {r['mean_fg_hd95']:.2f} | {per_class} |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ from nnunetv2_deconver.nnunet.checks import TrainingDivergedError, check_predict
 from nnunetv2_deconver.nnunet.network_options import merge_network_options
 from nnunetv2_deconver.nnunet.plans import (check_deconver_kwargs, check_patch_divisible, configuration_name_of,
                                             deconver_kwargs_from_configuration, is_deconver, plans_file_of)
-from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
+from nnunetv2_deconver.nnunet.lr_scheduler import adamw_warmup_cosine
 from nnunetv2_deconver.nnunet.trainer_mixins import AtomicCheckpoints, PeakGPUMemoryLog
 from nnunetv2_deconver.nnunet.allocator import tune_on_first_cpu_forward
 
@@ -86,9 +86,7 @@ class nnUNetTrainerDeconver(AtomicCheckpoints, PeakGPUMemoryLog, nnUNetTrainer):
         return tune_on_first_cpu_forward(network)  # on the CPU, glibc keeps freed activation buffers
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-        lr_scheduler = WarmupCosineLRScheduler(optimizer, self.initial_lr, self.num_epochs, self.warmup_fraction)
-        return optimizer, lr_scheduler
+        return adamw_warmup_cosine(self)
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)

@@ -4,9 +4,11 @@ lr/10 to lr, then cosine annealing to 0, computed in closed form from the epoch 
 """
 import math
 
+import torch
+
 from torch.optim.lr_scheduler import _LRScheduler
 
-__all__ = ["warmup_cosine_lr", "WarmupCosineLRScheduler"]
+__all__ = ["warmup_cosine_lr", "WarmupCosineLRScheduler", "adamw_warmup_cosine"]
 
 
 def warmup_cosine_lr(epoch: int, initial_lr: float, num_epochs: int, warmup_fraction: float = 0.01,
@@ -47,3 +49,13 @@ class WarmupCosineLRScheduler(_LRScheduler):
 
     def get_last_lr(self):
         return self._last_lr
+
+
+def adamw_warmup_cosine(trainer) -> tuple:
+    """AdamW over ``trainer.network``'s parameters at ``trainer.initial_lr`` and ``trainer.weight_decay``, with
+    the warm-up and cosine schedule over ``trainer.num_epochs`` (warm-up ``trainer.warmup_fraction``): the
+    ``(optimizer, lr_scheduler)`` pair nnU-Net's ``configure_optimizers`` returns."""
+    optimizer = torch.optim.AdamW(trainer.network.parameters(), lr=trainer.initial_lr,
+                                  weight_decay=trainer.weight_decay)
+    return optimizer, WarmupCosineLRScheduler(optimizer, trainer.initial_lr, trainer.num_epochs,
+                                              trainer.warmup_fraction)

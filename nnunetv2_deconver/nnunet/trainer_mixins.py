@@ -13,11 +13,12 @@ import random
 import numpy as np
 import torch
 
-from nnunetv2_deconver.nnunet.lr_scheduler import WarmupCosineLRScheduler
+from nnunetv2_deconver.nnunet.lr_scheduler import adamw_warmup_cosine
 
 __all__ = ["AtomicCheckpoints", "PeakGPUMemoryLog", "PEAK_MEMORY_LOG_PREFIX", "WithoutTestTimeMirroring", "SmokeRun",
            "DemoRun", "GradScalerSkipLog", "SKIPPED_STEPS_LOG_PREFIX", "TimedRun", "EPOCHS_VARIABLE",
-           "ITERATIONS_VARIABLE", "DEFAULT_EPOCHS", "DEFAULT_ITERATIONS", "StudyRun", "STUDY_PREFIX", "study_recipe"]
+           "ITERATIONS_VARIABLE", "DEFAULT_EPOCHS", "DEFAULT_ITERATIONS", "StudyRun", "STUDY_PREFIX", "study_recipe",
+           "seed_everything"]
 
 EPOCHS_VARIABLE = "NNUNETV2_DECONVER_DEMO_EPOCHS"
 ITERATIONS_VARIABLE = "NNUNETV2_DECONVER_DEMO_ITERATIONS"
@@ -25,6 +26,14 @@ DEFAULT_EPOCHS = 10
 DEFAULT_ITERATIONS = 20
 PEAK_MEMORY_LOG_PREFIX = "Peak GPU memory:"  # nnUNetv2_deconver_compare reads these lines
 SKIPPED_STEPS_LOG_PREFIX = "GradScaler skipped steps:"  # benchmarks/gpu_suite.py reads these lines
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators: the weights, the patch sampling and the augmentation
+    of a training process (its data-augmentation workers are seeded by nnU-Net from these)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 class AtomicCheckpoints:
@@ -83,9 +92,9 @@ class WithoutTestTimeMirroring:
 
 class FixedBudget(WithoutTestTimeMirroring):
     """A fixed training length for tests: ``budget = (epochs, training iterations, validation iterations)``
-    per epoch."""
+    per epoch, set by each subclass."""
 
-    budget = (1, 2, 1)
+    budget: tuple
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -200,10 +209,7 @@ class StudyRun(GradScalerSkipLog):
 
     def initialize(self):
         if "seed" in self.study_recipe:  # before the network's weights are drawn
-            seed = self.study_recipe["seed"]
-            random.seed(seed)
-            np.random.seed(seed)
-            torch.manual_seed(seed)
+            seed_everything(self.study_recipe["seed"])
         super().initialize()
 
     def configure_optimizers(self):
@@ -212,6 +218,5 @@ class StudyRun(GradScalerSkipLog):
             from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
             return nnUNetTrainer.configure_optimizers(self)
         if optimizer == "adamw":
-            adamw = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
-            return adamw, WarmupCosineLRScheduler(adamw, self.initial_lr, self.num_epochs, self.warmup_fraction)
+            return adamw_warmup_cosine(self)
         return super().configure_optimizers()

@@ -3,14 +3,12 @@ training learns (``tests/e2e/test_learning.py``): nnU-Net's own SGD and poly sch
 only the network differs; a fixed seed (``NNUNETV2_DECONVER_TEST_SEED``, default 0) for the weights, the
 patch sampling and the augmentation, and one torch thread. Nothing outside tests imports them."""
 import os
-import random
 
-import numpy as np
 import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_deconver.nnunet.trainer_mixins import FixedBudget
+from nnunetv2_deconver.nnunet.trainer_mixins import FixedBudget, seed_everything
 from nnunetv2_deconver.trainers.variants.optimizer.nnUNetTrainerDeconverSGD import nnUNetTrainerDeconverSGD
 
 SEED_VARIABLE = "NNUNETV2_DECONVER_TEST_SEED"
@@ -20,10 +18,7 @@ def _single_threaded_and_seeded() -> None:
     # nnUNetv2_train sets torch to one thread per CPU; one thread makes the run the same on any machine and
     # spares a shared CI machine from oversubscription (the network is small, one thread is enough)
     torch.set_num_threads(1)
-    seed = int(os.environ.get(SEED_VARIABLE, "0"))
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_everything(int(os.environ.get(SEED_VARIABLE, "0")))
 
 
 class nnUNetTrainer_learn(FixedBudget, nnUNetTrainer):
