@@ -1,14 +1,15 @@
-"""Training learns, end to end: stock nnU-Net and Deconver trained by ``nnUNetv2_train`` for 120 SGD steps
-(``nnUNetTrainer_learn``, ``nnUNetTrainerDeconver_learn``: nnU-Net's optimiser and poly schedule, fixed seed,
-one thread) on a tiny high-contrast dataset, then ``nnUNetv2_predict`` on four held-out cases; and what is
-saved is what was trained: the checkpoint, rebuilt through the trainer and predicted in this process, gives
-exactly ``nnUNetv2_predict``'s label maps and those the training process wrote in its final validation, and
-fine-tuning starts from the source weights.
+"""Training learns, end to end: stock nnU-Net (``nnUNetTrainer_learn``: its own SGD and poly schedule) and
+Deconver with the recommended recipe (``nnUNetTrainerDeconver_learn``: the default trainer's AdamW 1e-3, warm-up
+and cosine), each trained by ``nnUNetv2_train`` for 120 steps with a fixed seed and one thread on a tiny
+high-contrast dataset, then ``nnUNetv2_predict`` on four held-out cases; and what is saved is what was trained:
+the checkpoint, rebuilt through the trainer and predicted in this process, gives exactly ``nnUNetv2_predict``'s
+label maps and those the training process wrote in its final validation, and fine-tuning starts from the source
+weights.
 
 Thresholds, from runs of this very set-up with seeds 0, 1 and 2 (``NNUNETV2_DECONVER_TEST_SEED``; the test
-runs seed 0), Dice of the ball (labels 1 and 2 together) per held-out case: stock nnU-Net 0.950-0.983,
-0.898-0.963 and 0.888-0.973 (means 0.971, 0.935, 0.933); Deconver 0.980-0.998, 0.977-0.998 and 0.996-1.000
-(means 0.990, 0.992, 0.998). An all-background map scores 0; a network that does not learn (no learning
+runs seed 0), Dice of the ball (labels 1 and 2 together) per held-out case: stock nnU-Net 0.947-0.981,
+0.898-0.967 and 0.886-0.975 (means 0.970, 0.938, 0.934); Deconver 0.971-0.996, 0.974-0.998 and 0.986-0.992
+(means 0.988, 0.990, 0.990). An all-background map scores 0; a network that does not learn (no learning
 rate, a wrong gradient) stays far below.
 """
 import os
@@ -23,10 +24,11 @@ from helpers.processes import nnunet_environment, run
 
 DATASET, NAME = 301, "Dataset301_Learn"
 STOCK, DECONVER = "nnUNetTrainer_learn", "nnUNetTrainerDeconver_learn"
-# every held-out case, either network: about 0.09 below the lowest stock case measured (0.888, seed 2)
+# every held-out case, either network: about 0.09 below the lowest stock case measured (0.886, seed 2)
 MIN_DICE = 0.8
-# Deconver's mean may fall this far below stock's (measured: 0.02 to 0.065 above it)
-MARGIN = 0.05
+# Deconver's mean at least stock's, less this allowance for another CPU's rounding (measured: 0.018, 0.052 and
+# 0.056 above stock's)
+MARGIN = 0.01
 
 
 def _dice(reference: np.ndarray, prediction: np.ndarray) -> float:

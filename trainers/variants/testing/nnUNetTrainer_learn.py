@@ -1,7 +1,8 @@
 """Trainers with a schedule long enough to learn a tiny, high-contrast dataset on a CPU, for the test that
-training learns (``tests/e2e/test_learning.py``): nnU-Net's own SGD and poly schedule for both networks, so
-only the network differs; a fixed seed (``NNUNETV2_DECONVER_TEST_SEED``, default 0) for the weights, the
-patch sampling and the augmentation, and one torch thread. Nothing outside tests imports them."""
+training learns (``tests/e2e/test_learning.py``): stock nnU-Net with its own SGD and poly schedule against
+Deconver with the recipe ``nnUNetTrainerDeconver`` recommends (AdamW 1e-3, warm-up and cosine); a fixed seed
+(``NNUNETV2_DECONVER_TEST_SEED``, default 0) for the weights, the patch sampling and the augmentation, and one
+torch thread. Nothing outside tests imports them."""
 import os
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_deconver.nnunet.trainer_mixins import FixedBudget, seed_everything
-from nnunetv2_deconver.trainers.variants.optimizer.nnUNetTrainerDeconverSGD import nnUNetTrainerDeconverSGD
+from nnunetv2_deconver.trainers.nnUNetTrainerDeconver import nnUNetTrainerDeconver
 
 SEED_VARIABLE = "NNUNETV2_DECONVER_TEST_SEED"
 
@@ -36,5 +37,6 @@ class nnUNetTrainer_learn(FixedBudget, nnUNetTrainer):
         _single_threaded_and_seeded()
 
 
-class nnUNetTrainerDeconver_learn(nnUNetTrainer_learn, nnUNetTrainerDeconverSGD):
-    """Deconver with the same schedule, seed and optimiser (``nnUNetTrainerDeconverSGD``: nnU-Net's SGD, poly)."""
+class nnUNetTrainerDeconver_learn(nnUNetTrainer_learn, nnUNetTrainerDeconver):
+    """Deconver with the same budget and seed and the default trainer's optimiser and schedule (AdamW 1e-3,
+    warm-up over the first epoch, cosine over the remaining five)."""
