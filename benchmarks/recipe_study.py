@@ -3,9 +3,10 @@
 Each recipe is one ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -device cpu`` process of the study
 trainers (``trainers/variants/benchmarking/nnUNetTrainerDeconver_study.py``), whose budget and recipe come from
 ``NNUNETV2_DECONVER_STUDY_*`` variables. nnU-Net's final validation predicts the fold's validation cases by
-sliding window with test-time mirroring, as users' runs do; its ``summary.json`` gives the Dice per class.
-Every run gets a results folder of its own under ``--out`` (``nnUNet_results`` is set per run), so runs of
-one trainer with different recipes never meet; a run whose summary exists is not run again.
+sliding window with test-time mirroring, as users' runs do, and ``score_folder`` scores it (Dice as nnU-Net's
+``summary.json`` gives it, HD95, false positives away from the structures). Every run gets a results folder of
+its own under ``--out`` (``nnUNet_results`` is set per run), so runs of one trainer with different recipes
+never meet; a run whose ``record.json`` exists is not run again.
 
     python benchmarks/inia19_dataset.py && nnUNetv2_plan_and_preprocess -d 510 -c 2d
     python benchmarks/recipe_study.py -d 510 --out study --epochs 10 --iterations 50 --recipes stock paper sgd
@@ -69,7 +70,7 @@ def ground_truth(fold_folder: Path) -> Path:
 def score_folder(predictions: Path, truth: Path, dataset_json_file: Path, far_mm: float = 2.0) -> dict:
     """Scores of the label maps in ``predictions`` against those of the same names in ``truth``.
 
-    - Dice per class: nnU-Net's (``compute_metrics``, the mean over the cases where the class is in the
+    - Dice per class: nnU-Net's (``compute_tp_fp_fn_tn``, the mean over the cases where the class is in the
       reference or the prediction), as its ``summary.json`` gives it.
     - HD95 per class (mm, ``nnunetv2_deconver.tools.metrics``), averaged over the same cases; a class that
       one of the two masks misses counts as the image's diagonal.
@@ -79,22 +80,21 @@ def score_folder(predictions: Path, truth: Path, dataset_json_file: Path, far_mm
       (its false positives can only give 0), so it is left out of them and listed.
     """
     import SimpleITK as sitk
-    from nnunetv2.evaluation.evaluate_predictions import compute_metrics
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn
     from scipy import ndimage
     from nnunetv2_deconver.tools.metrics import case_metrics
     dataset_json = json.loads(dataset_json_file.read_text())
     labels = sorted(v for v in dataset_json["labels"].values() if v != 0)
     dice, distances, present, far = ({label: [] for label in labels}, {label: [] for label in labels}, set(), 0.0)
     for predicted in sorted(predictions.glob("*" + dataset_json["file_ending"])):
-        metrics = compute_metrics(str(truth / predicted.name), str(predicted), SimpleITKIO(), labels)["metrics"]
         image = sitk.ReadImage(str(truth / predicted.name))
         reference, prediction = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(sitk.ReadImage(str(predicted)))
         spacing = image.GetSpacing()[::-1]
         present |= set(np.unique(reference).tolist())
         for label, (_, distance) in case_metrics(reference, prediction, spacing, labels).items():
             if (reference == label).any() or (prediction == label).any():
-                dice[label].append(metrics[label]["Dice"])
+                tp, fp, fn, _ = compute_tp_fp_fn_tn(reference == label, prediction == label)
+                dice[label].append(2 * tp / (2 * tp + fp + fn))
                 distances[label].append(distance)
             away = ndimage.distance_transform_edt(reference != label, sampling=spacing) > far_mm
             far += float((away & (prediction == label)).sum() * np.prod(spacing[1:]))
