@@ -15,7 +15,8 @@ inductor would otherwise decompose the grouped convolutions and lose the channel
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_deconver.ops import CHANNELS_LAST, CONV_FN, memory_format_of, nonnegative_deconvolution
+from nnunetv2_deconver.ops import (CHANNELS_LAST, CONV_FN, fused_update, fused_update_applies,
+                                   nonnegative_deconvolution, ratio_major)
 
 __all__ = ["channels_last_inference"]
 
@@ -44,17 +45,28 @@ def _conv_then(x: torch.Tensor, weight: torch.Tensor, bias, activation: str) -> 
 
 @torch.compiler.disable
 def channels_last_inference(block, x: torch.Tensor) -> torch.Tensor:
-    """``block``'s output for ``x`` without autograd, computed channels-last; returned in ``x``'s layout."""
+    """``block``'s output for ``x`` without autograd, computed and returned channels-last (the next block's
+    layout: at inference the network keeps every map in it, network/deconver.py)."""
     conv = CONV_FN[x.dim() - 2]
-    caller_layout = memory_format_of(x)
-    x = x.contiguous(memory_format=CHANNELS_LAST[x.dim() - 2])
+    layout = CHANNELS_LAST[x.dim() - 2]
+    x = x.contiguous(memory_format=layout)
     mixer, ndc, mlp = block.mixer, block.mixer.ndc, block.mlp
     observed = _conv_then(_instance_norm(block.norm1, x), mixer.project_in.weight, None, "relu")
-    source = _conv_then(observed, ndc.project.weight, ndc.project.bias, "relu")
-    # "auto" chooses the channels-last path that brought the block here (the observed map has x's shape)
-    update = nonnegative_deconvolution(observed, source, F.relu(ndc.filters), ndc.groups, ndc.eps, ndc.iterations,
-                                       check_nonnegative=False)
-    z = conv(update, mixer.project_out.weight, mixer.project_out.bias).add_(x)  # x + mixer(norm1(x))
+    filters, project_out = F.relu(ndc.filters), mixer.project_out.weight
+    if fused_update_applies(observed, filters, ndc.groups):
+        # the fused kernel takes the sources in ratio-major order: the 1x1 convolutions around it are permuted
+        channels = observed.shape[1]
+        source = _conv_then(observed, ratio_major(ndc.project.weight, channels),
+                            ratio_major(ndc.project.bias, channels), "relu")
+        update = fused_update(observed, source, filters, ndc.eps, ndc.iterations)
+        project_out = ratio_major(project_out, channels, dim=1)
+    else:
+        source = _conv_then(observed, ndc.project.weight, ndc.project.bias, "relu")
+        # "auto" chooses the channels-last path that brought the block here (the observed map has x's shape)
+        update = nonnegative_deconvolution(observed, source, filters, ndc.groups, ndc.eps, ndc.iterations,
+                                           check_nonnegative=False)
+    z = conv(update, project_out, mixer.project_out.bias).add_(x)  # x + mixer(norm1(x))
     del observed, source, update
     hidden = _conv_then(_instance_norm(block.norm2, z), mlp.fc1.weight, mlp.fc1.bias, "gelu")
-    return conv(hidden, mlp.fc2.weight, mlp.fc2.bias).add_(z).contiguous(memory_format=caller_layout)
+    # torch's convolutions of small maps return the default layout
+    return conv(hidden, mlp.fc2.weight, mlp.fc2.bias).add_(z).contiguous(memory_format=layout)

@@ -7,7 +7,7 @@ from torch import nn
 
 from nnunetv2_deconver.network.arguments import SPATIAL_DIMS, normalise, stride_divisor
 from nnunetv2_deconver.network.blocks import DeconverBlock
-from nnunetv2_deconver.ops import CONV_TRANSPOSED, DeformableTransposedConv
+from nnunetv2_deconver.ops import CHANNELS_LAST, CONV_TRANSPOSED, DeformableTransposedConv, memory_format_of
 
 __all__ = ["Deconver", "DeconverEncoder", "DeconverDecoder", "stride_divisor"]
 
@@ -86,13 +86,24 @@ class DeconverDecoder(nn.Module):
         x = skips[-1]
         outputs = []
         for d in range(len(self.stages)):
-            x = self.transpconvs[d](x)
-            x = self.stages[d](self.fuse[d](torch.cat((skips[-(d + 2)], x), dim=1)))
+            skip = skips[-(d + 2)]
+            x = self.transpconvs[d](x).contiguous(memory_format=memory_format_of(skip))  # one layout for the cat
+            x = self.stages[d](self.fuse[d](torch.cat((skip, x), dim=1)))
             if self.deep_supervision:
                 outputs.append(self.seg_layers[d](x))
         if not self.deep_supervision:
             return self.seg_layers[-1](x)
         return outputs[::-1]  # highest resolution first
+
+
+@torch.compiler.disable
+def _cpu_inference(network: "Deconver", x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
+    """CPU inference with every map channels-last, the layout the blocks run in (network/block_inference.py),
+    so that no block, concatenation or convolution converts a map; the logits are returned as usual.
+    ``torch.compile`` runs it as it is: the blocks' fused kernels are opaque to it, so a compiled graph
+    would consist of the convolutions between them, split at every block."""
+    out = network.decoder(network.encoder(x.contiguous(memory_format=CHANNELS_LAST[x.dim() - 2])))
+    return [o.contiguous() for o in out] if isinstance(out, list) else out.contiguous()
 
 
 class Deconver(nn.Module):
@@ -158,7 +169,9 @@ class Deconver(nn.Module):
         if len(spatial) != len(self.divisor) or any(s % d for s, d in zip(spatial, self.divisor)):
             raise ValueError(f"Deconver input of spatial size {spatial} is not divisible by the product of the "
                              f"strides {self.divisor} on every axis; use a patch size that is a multiple of it")
-        return self.decoder(self.encoder(x))
+        if torch.is_grad_enabled() or x.device.type != "cpu" or len(spatial) not in CHANNELS_LAST:
+            return self.decoder(self.encoder(x))
+        return _cpu_inference(self, x)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         """Elements of the feature maps the layers write for one sample of ``input_size``.

@@ -4,6 +4,7 @@ import torch
 
 from nnunetv2_deconver.network import Deconver, block_inference
 from nnunetv2_deconver.network.blocks import DeconverBlock
+from nnunetv2_deconver.ops import CHANNELS_LAST
 from nnunetv2_deconver.ops.ndc_dispatch import compute_layout, force_implementation
 
 # every geometry class the presets and planner-made plans use: 2D 3x3, 3D 3^3, anisotropic 1x3x3, the k5
@@ -41,7 +42,7 @@ def test_block_inference_gives_the_naive_values(shape, kernel, groups, iteration
     expected = _naive(block, x)
     with torch.no_grad():
         got = block(x)
-    assert got.is_contiguous() and got.shape == x.shape
+    assert got.is_contiguous(memory_format=CHANNELS_LAST[x.dim() - 2]) and got.shape == x.shape  # stays there
     assert (got - x).abs().max() > 0.01  # the block did something
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -63,3 +64,5 @@ def test_network_inference_matches_the_naive_network_and_its_training_forward():
         fast = net(x)
     torch.testing.assert_close(fast, _naive(net, x), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fast, net(x).detach(), rtol=1e-4, atol=1e-5)  # grad enabled: training path
+    assert fast.is_contiguous()  # the logits in the default layout, as nnU-Net's predictor expects
+
